@@ -1,0 +1,113 @@
+"""BLAS for generated code and for the linker: function addresses and a row-major gemm.
+
+scipy ships the Fortran BLAS it links against as PyCapsules in
+``scipy.linalg.cython_blas.__pyx_capi__``; a capsule's name is the C signature, which
+``PyCapsule_GetPointer`` must be given. All routines use the Fortran ABI: every argument by
+pointer, column-major matrices, 32-bit ints (LP64).
+
+Row-major C (m x n) is column-major C^T (n x m), so ``C = op(A) @ op(B)`` is computed as
+``C^T = op(B)^T @ op(A)^T`` with the operands swapped; a row-major or column-major operand
+is described by a transpose flag and a leading dimension, without copying. Only operands with
+no unit stride (e.g. ``x[::2, ::3]``) are copied.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+_get_name = ctypes.pythonapi.PyCapsule_GetName
+_get_name.restype = ctypes.c_char_p
+_get_name.argtypes = [ctypes.py_object]
+_get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_get_pointer.restype = ctypes.c_void_p
+_get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+_addresses: dict = {}
+
+
+def blas_pointer(name: str) -> int:
+    """Address of the BLAS routine ``name`` ('sgemm', 'dgemv', 'saxpy', ...)."""
+    addr = _addresses.get(name)
+    if addr is None:
+        from scipy.linalg import cython_blas
+        try:
+            capsule = cython_blas.__pyx_capi__[name]
+        except KeyError:
+            raise ValueError(f"no BLAS routine named {name!r} in scipy.linalg.cython_blas") \
+                from None
+        addr = _get_pointer(capsule, _get_name(capsule))
+        if not addr:
+            raise RuntimeError(f"cannot get the address of BLAS {name}")
+        _addresses[name] = addr
+    return addr
+
+
+_GEMM_PROTO = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)
+_gemm_fns: dict = {}
+
+
+def _gemm_fn(dtype):
+    name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}.get(dtype)
+    if name is None:
+        raise TypeError(f"gemm supports float32 and float64, not {dtype}")
+    fn = _gemm_fns.get(name)
+    if fn is None:
+        fn = _gemm_fns[name] = _GEMM_PROTO(blas_pointer(name))
+    return fn
+
+
+def _fortran_view(x):
+    """Describe x^T for Fortran: (trans, ld, array) such that op_trans(the column-major matrix
+    with leading dimension ld at array's data) == x^T.
+
+    Row-major x is x^T in column-major order ('N'); column-major x needs 'T'. Anything else
+    (no unit stride, negative or zero strides) is copied to row-major first."""
+    r, c = x.shape
+    item = x.itemsize
+    s0, s1 = x.strides
+    if c == 1 or s1 == item:               # row-major: memory is x^T column-major
+        if r == 1 or s0 % item == 0 and s0 // item >= max(1, c):
+            return b"N", max(1, c if r == 1 else s0 // item), x
+    if r == 1 or s0 == item:               # column-major: memory is x column-major
+        if c == 1 or s1 % item == 0 and s1 // item >= max(1, r):
+            return b"T", max(1, r if c == 1 else s1 // item), x
+    x = np.ascontiguousarray(x)
+    return b"N", max(1, c), x
+
+
+def gemm(transA: bool, transB: bool, alpha, A, B, beta, C) -> None:
+    """C[...] = alpha * op(A) @ op(B) + beta * C for 2-D float32/float64 arrays.
+
+    op(X) is X.T when transX is true. A and B may be any views (transposed, sliced); C must be
+    row-major with unit column stride (C-contiguous rows), else the result goes through a copy.
+    With beta == 0, C's previous contents are ignored (even nan).
+    """
+    dtype = C.dtype
+    fn = _gemm_fn(dtype)
+    if A.dtype != dtype or B.dtype != dtype:
+        raise TypeError(f"gemm dtypes differ: {A.dtype}, {B.dtype}, {C.dtype}")
+    P = A.T if transA else A               # m x k
+    Q = B.T if transB else B               # k x n
+    m, k = P.shape
+    k2, n = Q.shape
+    if k != k2 or C.shape != (m, n):
+        raise ValueError(f"gemm shapes: op(A) {P.shape} @ op(B) {Q.shape} -> C {C.shape}")
+    if m == 0 or n == 0:
+        return
+    item = C.itemsize
+    direct = C.flags.writeable and (n == 1 or C.strides[1] == item) and \
+        (m == 1 or C.strides[0] % item == 0 and C.strides[0] // item >= n)
+    out = C if direct else np.ascontiguousarray(C)
+    ldc = max(1, n if m == 1 else out.strides[0] // item)
+    # Column-major view: C^T (n x m) = op(B)^T (n x k) @ op(A)^T (k x m).
+    ta, lda, Qv = _fortran_view(Q)
+    tb, ldb, Pv = _fortran_view(P)
+    ctype = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    i = ctypes.c_int
+    fn(ctypes.c_char_p(ta), ctypes.c_char_p(tb), ctypes.byref(i(n)), ctypes.byref(i(m)),
+       ctypes.byref(i(k)), ctypes.byref(ctype(alpha)), Qv.ctypes.data, ctypes.byref(i(lda)),
+       Pv.ctypes.data, ctypes.byref(i(ldb)), ctypes.byref(ctype(beta)), out.ctypes.data,
+       ctypes.byref(i(ldc)))
+    if out is not C:
+        C[...] = out

@@ -1,0 +1,246 @@
+"""LLVM plumbing: the host target machine, the O3 pipeline, one JIT engine, the object cache.
+
+Every kernel goes through the same path, whether or not it was compiled before:
+
+    IR text --sha256(IR + CPU + features + versions)--> key
+    key --disk cache hit--> object code
+        --miss--> parse, verify, optimize (O3 + loop/SLP vectorizer), emit object, store
+    object code --add_object_file--> the process-wide MCJIT engine --> function address
+
+Going through object code even on a miss keeps one loading path (so the cache path is the
+path every test exercises) and costs ~1 ms.
+
+Cache entries are files ``<compiledir>/<key>.o`` made of a header (magic, payload length,
+sha256 of the payload) followed by the object code. A writer writes to a temporary file in the
+same directory and ``os.replace``s it, so readers in other processes see the old entry or the
+new one, never half of one. A reader that finds a bad header, a wrong length or a wrong hash
+treats the entry as missing and rebuilds it. Two processes compiling the same key at once both
+write complete, identical entries; the last rename wins.
+
+See /work/shared/TOOLCHAIN.md for the llvmlite 0.50 facts this relies on (new pass manager only,
+host CPU name + features for AVX, emit_object instead of set_object_cache).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import sys
+import tempfile
+import threading
+
+import llvmlite
+import llvmlite.binding as llvm
+
+# Changes to anything that alters generated code but is not visible in the IR text (the pass
+# pipeline, target machine options, the loading convention) must change this string: it is part
+# of every cache key.
+CODEGEN_FLAGS = "graphc-llvm;O3;loopvec;slp;reloc=pic;codemodel=default;opts=rtcheck64"
+
+# The generated IR names its entry point with this placeholder; the real, unique name
+# ("gk_" + key prefix) is substituted once the key is known, so the key hashes the IR without
+# depending on its own value.
+PLACEHOLDER = "GRAPHC_KERNEL_PLACEHOLDER"
+
+_MAGIC = b"GRAPHCO1"
+_HEADER = struct.Struct("<8sQ32s")          # magic, payload length, sha256(payload)
+
+_lock = threading.RLock()                   # guards the engine, the loaded-symbol table, stats
+_state = None                               # lazily built _Target
+_loaded: dict = {}                          # function name -> address (already in the engine)
+_compiledir_override = None
+stats = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt_corrupt": 0}
+
+
+class _Target:
+    """Target machine for codegen, an MCJIT engine to load objects into, and the key salt."""
+
+    def __init__(self):
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        llvm.initialize_native_asmparser()
+        # The vectorizer gives up on loops that need more pointer-overlap checks than this
+        # (default 8); a fused kernel with 6 array inputs and 2 outputs needs 12. The checks
+        # cost a few instructions per call, far less than a scalar loop.
+        llvm.set_option("", "-runtime-memory-check-threshold=64")
+        self.cpu = llvm.get_host_cpu_name()
+        self.features = llvm.get_host_cpu_features().flatten()
+        target = llvm.Target.from_default_triple()
+        self.triple = target.triple
+        # PIC + the default (small) code model: the object is loaded at an arbitrary address by
+        # RuntimeDyld, and calls into libm go through stubs it creates.
+        self.tm = target.create_target_machine(
+            cpu=self.cpu, features=self.features, opt=3, reloc="pic", codemodel="default")
+        self.data_layout = str(self.tm.target_data)
+        engine_tm = target.create_target_machine(
+            cpu=self.cpu, features=self.features, opt=3, reloc="pic", codemodel="default")
+        empty = llvm.parse_assembly(
+            f'target triple = "{self.triple}"\ntarget datalayout = "{self.data_layout}"\n')
+        self.engine = llvm.create_mcjit_compiler(empty, engine_tm)
+        self.salt = "\n".join([self.cpu, self.features, llvmlite.__version__,
+                               ".".join(map(str, llvm.llvm_version_info)), CODEGEN_FLAGS])
+        self.objects = []                   # keep every loaded ObjectFileRef alive
+
+    def optimize(self, mod):
+        pto = llvm.create_pipeline_tuning_options(speed_level=3)
+        pto.loop_vectorization = True
+        pto.slp_vectorization = True        # off by default in llvmlite
+        pb = llvm.create_pass_builder(self.tm, pto)
+        pb.getModulePassManager().run(mod, pb)
+
+
+def target() -> _Target:
+    global _state
+    with _lock:
+        if _state is None:
+            _state = _Target()
+        return _state
+
+
+# --------------------------------------------------------------------------- cache directory
+def compiledir() -> str:
+    """The cache directory: set_compiledir(), else $GRAPHC_COMPILEDIR, else ~/.cache/graphc."""
+    if _compiledir_override is not None:
+        return _compiledir_override
+    env = os.environ.get("GRAPHC_COMPILEDIR")
+    if env:
+        return env
+    return os.path.join(os.path.expanduser("~"), ".cache", "graphc")
+
+
+def set_compiledir(path) -> None:
+    """Use ``path`` for the object cache from now on (None: back to env/default)."""
+    global _compiledir_override
+    _compiledir_override = None if path is None else os.fspath(path)
+
+
+def _entry_path(key: str) -> str:
+    return os.path.join(compiledir(), key + ".o")
+
+
+def _read_entry(key: str):
+    """Return the cached object code for ``key``, or None when missing or damaged."""
+    try:
+        with open(_entry_path(key), "rb") as f:
+            blob = f.read()
+    except OSError:
+        return None
+    if len(blob) < _HEADER.size:
+        stats["rebuilt_corrupt"] += 1
+        return None
+    magic, length, digest = _HEADER.unpack_from(blob)
+    payload = blob[_HEADER.size:]
+    if magic != _MAGIC or length != len(payload) or hashlib.sha256(payload).digest() != digest:
+        stats["rebuilt_corrupt"] += 1
+        return None
+    return payload
+
+
+def _write_entry(key: str, payload: bytes) -> None:
+    """Atomically store ``payload``; a cache we cannot write is not an error, only slower."""
+    d = compiledir()
+    try:
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".o", dir=d)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_HEADER.pack(_MAGIC, len(payload), hashlib.sha256(payload).digest()))
+                f.write(payload)
+            os.replace(tmp, _entry_path(key))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except OSError as e:
+        print(f"graphc: cannot write compile cache entry in {d}: {e}", file=sys.stderr)
+
+
+def cache_info() -> dict:
+    """{dir, entries, bytes} of the on-disk cache, plus this process's counters."""
+    d = compiledir()
+    entries = nbytes = 0
+    try:
+        for name in os.listdir(d):
+            if name.endswith(".o") and not name.startswith(".tmp-"):
+                entries += 1
+                nbytes += os.path.getsize(os.path.join(d, name))
+    except OSError:
+        pass
+    return {"dir": d, "entries": entries, "bytes": nbytes, **stats}
+
+
+def clear_cache() -> None:
+    """Remove every cache entry (and stale temporaries) from the compile directory.
+
+    Functions already loaded into this process stay loaded (their addresses are in use).
+    """
+    d = compiledir()
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for name in names:
+        if name.endswith(".o"):
+            try:
+                os.unlink(os.path.join(d, name))
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------- compile + load
+def _debug_enabled(debug) -> bool:
+    if debug is not None:
+        return bool(debug)
+    return os.environ.get("GRAPHC_DEBUG_LLVM", "") not in ("", "0")
+
+
+def _compile(t: _Target, ir_text: str, debug: bool, title: str) -> bytes:
+    mod = llvm.parse_assembly(ir_text)
+    mod.triple = t.triple
+    mod.data_layout = t.data_layout
+    mod.verify()
+    if debug:
+        print(f"; ==== graphc LLVM IR ({title}) ====\n{ir_text}", file=sys.stderr)
+    t.optimize(mod)
+    if debug:
+        print(f"; ==== graphc optimized IR ({title}) ====\n{mod}", file=sys.stderr)
+        print(f"# ==== graphc assembly ({title}) ====\n{t.tm.emit_assembly(mod)}",
+              file=sys.stderr)
+    return t.tm.emit_object(mod)
+
+
+def load_function(ir_text: str, debug=None, title: str = "") -> int:
+    """Compile (or fetch from the caches) IR whose entry point is named PLACEHOLDER.
+
+    Returns the address of the entry point in this process.
+    """
+    t = target()
+    debug = _debug_enabled(debug)
+    key = hashlib.sha256((ir_text + "\n" + t.salt).encode()).hexdigest()
+    name = "gk_" + key[:32]
+    with _lock:
+        addr = _loaded.get(name)
+        if addr is not None and not debug:
+            stats["memory_hits"] += 1
+            return addr
+        text = ir_text.replace(PLACEHOLDER, name)
+        obj = None if debug else _read_entry(key)
+        if obj is None:
+            obj = _compile(t, text, debug, title or name)
+            stats["compiled"] += 1
+            _write_entry(key, obj)
+        else:
+            stats["disk_hits"] += 1
+        if addr is not None:                 # debug re-print of an already loaded kernel
+            return addr
+        ref = llvm.ObjectFileRef.from_data(obj)
+        t.engine.add_object_file(ref)
+        t.objects.append(ref)
+        t.engine.finalize_object()
+        addr = t.engine.get_function_address(name)
+        if not addr:
+            raise RuntimeError(f"graphc: loaded object has no symbol {name}")
+        _loaded[name] = addr
+        return addr

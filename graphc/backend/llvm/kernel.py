@@ -1,0 +1,288 @@
+"""Kernel: a compiled KernelSpec that runs on numpy arrays, with threads.
+
+A call goes:  signature of the arrays (type, dtype, shape, strides) --dict--> Plan
+--> one ctypes call per thread chunk. The Plan (built once per signature) holds the broadcast,
+permuted and collapsed loop shape, the strides table passed to the kernel, the compiled Variant
+and the thread chunks; the per-call path is a dict lookup and the ctypes call(s).
+
+Loop layout (see codegen.py): dimensions of size 1 are dropped, reduced dimensions move after
+the kept ones, and neighbouring dimensions that are contiguous for every operand are merged, so
+an elementwise op on contiguous arrays is one flat loop whatever its ndim, and a row reduction of
+a C-contiguous matrix is a (kept, reduced) pair with unit inner strides.
+
+Threads: when the loop has at least ``parallel_min()`` elements the outermost loop is split into
+``num_threads()`` slices run from a thread pool (the ctypes call releases the GIL). A reduction
+over every dimension gives each thread its own slot of a partial-results array, combined in
+numpy afterwards.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from ..kernel_spec import KernelSpec
+from . import jit
+from .codegen import DATA_OFFSET, Variant, accumulator_dtype, build_ir, reduce_identity
+from .scalar import DTYPES
+
+_NP_DTYPES = {name: np.dtype(name) for name in DTYPES}
+_REDUCE_UFUNC = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum,
+                 "and": np.bitwise_and, "or": np.bitwise_or}
+
+
+def _check_pyobject_layout() -> bool:
+    """True when the data pointer of an ndarray object sits at DATA_OFFSET (see codegen)."""
+    try:
+        for a in (np.zeros(3), np.arange(12.0).reshape(3, 4)[1:, ::2], np.empty(0)):
+            if ctypes.c_void_p.from_address(id(a) + DATA_OFFSET).value != a.ctypes.data:
+                return False
+        return True
+    except Exception:          # pragma: no cover - exotic interpreters
+        return False
+
+
+PYOBJ = _check_pyobject_layout()
+
+# --------------------------------------------------------------------------- thread settings
+_num_threads = None
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def num_threads() -> int:
+    """Threads per large kernel call: set_num_threads(), else $GRAPHC_NUM_THREADS, else cpus."""
+    if _num_threads is not None:
+        return _num_threads
+    env = os.environ.get("GRAPHC_NUM_THREADS")
+    return max(1, int(env)) if env else (os.cpu_count() or 1)
+
+
+def set_num_threads(n) -> None:
+    global _num_threads
+    _num_threads = None if n is None else max(1, int(n))
+
+
+def parallel_min() -> int:
+    """Loops with fewer elements than this run on the calling thread ($GRAPHC_PARALLEL_MIN)."""
+    return int(os.environ.get("GRAPHC_PARALLEL_MIN", 1 << 16))
+
+
+def _get_pool(n):
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < n:
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="graphc-kernel")
+        return _pool
+
+
+# --------------------------------------------------------------------------- plans
+def _collapse(shape, strides, groups):
+    """Merge neighbouring loops when every operand steps through them as one.
+
+    shape: list of extents; strides: per operand, list of byte strides (same order);
+    groups: per loop, a label; loops with different labels (kept/reduced) never merge.
+    """
+    out_shape, out_strides, out_groups = [], [[] for _ in strides], []
+    for d, n in enumerate(shape):
+        if out_shape and out_groups[-1] == groups[d] and all(
+                s[-1] == st[d] * n for s, st in zip(out_strides, strides)):
+            out_shape[-1] *= n
+            for s, st in zip(out_strides, strides):
+                s[-1] = st[d]
+            continue
+        out_shape.append(n)
+        out_groups.append(groups[d])
+        for s, st in zip(out_strides, strides):
+            s.append(st[d])
+    return out_shape, out_strides, out_groups
+
+
+class Plan:
+    """Everything needed to run one kernel on arrays of one signature."""
+
+    __slots__ = ("fn", "meta", "meta_ptr", "n0", "chunks", "partials", "empty", "fill",
+                 "combine", "kernel")
+
+    def run(self, inputs, outputs):
+        if self.empty:
+            if self.fill is not None:
+                outputs[0][...] = self.fill
+            return
+        if PYOBJ:
+            args = [id(a) for a in inputs] + [id(o) for o in outputs]
+        else:
+            args = [a.ctypes.data for a in inputs] + [o.ctypes.data for o in outputs]
+        if self.chunks is None:
+            self.fn(0, self.n0, 0, self.meta_ptr, *args)
+            return
+        self._run_parallel(args, inputs, outputs)
+
+    def _run_parallel(self, args, inputs, outputs):
+        partials = None
+        if self.combine is not None:        # full reduction: one partial result per thread
+            partials = np.empty(len(self.chunks), self.partials)
+            args = args[:-1] + [id(partials) if PYOBJ else partials.ctypes.data]
+        item = partials.itemsize if partials is not None else 0
+        pool = _get_pool(len(self.chunks) - 1)
+        futures = [pool.submit(self.fn, lo, hi, t * item, self.meta_ptr, *args)
+                   for t, (lo, hi) in enumerate(self.chunks) if t > 0]
+        lo, hi = self.chunks[0]
+        self.fn(lo, hi, 0, self.meta_ptr, *args)
+        for f in futures:
+            f.result()
+        if partials is not None:
+            outputs[0][...] = self.combine(partials)
+
+
+class Kernel:
+    """A compiled KernelSpec. Call it as ``kernel(inputs, outputs)``."""
+
+    def __init__(self, spec: KernelSpec, debug=None):
+        spec.check()
+        self.spec = spec
+        self.debug = debug
+        self.in_np = [_NP_DTYPES[d] for d in spec.in_dtypes]
+        self.out_np = [_NP_DTYPES[d] for d in spec.out_dtypes]
+        self._variants = {}            # Variant -> ctypes function
+        self._plans = {}               # call signature -> Plan
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- public
+    def out_shape(self, in_shapes):
+        """Shape of every output for inputs of these shapes (reduced shape if spec.reduce)."""
+        shape = tuple(np.broadcast_shapes(*in_shapes)) if in_shapes else ()
+        if self.spec.reduce is None:
+            return shape
+        axes = self._axes(len(shape))
+        return tuple(n for d, n in enumerate(shape) if d not in axes)
+
+    def __call__(self, inputs, outputs, nthreads=None):
+        try:
+            key = (tuple([(type(a), a.dtype, a.shape, a.strides) for a in inputs]),
+                   tuple([(type(o), o.dtype, o.shape, o.strides) for o in outputs]), nthreads)
+            plan = self._plans.get(key)
+        except (AttributeError, TypeError):
+            if all(type(a) is np.ndarray for a in inputs):
+                raise TypeError("kernel outputs must be numpy arrays") from None
+            # Python or numpy scalars as inputs: the slow path, once.
+            inputs = [np.asarray(a, dtype=t) for a, t in zip(inputs, self.in_np)]
+            return self(inputs, outputs, nthreads)
+        if plan is None:
+            plan = self._make_plan(key, inputs, outputs, nthreads)
+        plan.run(inputs, outputs)
+
+    def compile_variant(self, variant: Variant):
+        """The ctypes entry point of ``variant`` (compiled, or loaded from a cache)."""
+        fn = self._variants.get(variant)
+        if fn is None:
+            with self._lock:
+                fn = self._variants.get(variant)
+                if fn is None:
+                    addr = jit.load_function(build_ir(self.spec, variant), self.debug,
+                                             title=repr(variant))
+                    proto = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * (4 + len(variant.inner)))
+                    fn = proto(addr)
+                    self._variants[variant] = fn
+        return fn
+
+    # ----------------------------------------------------------------- planning
+    def _axes(self, ndim):
+        axes = set()
+        for a in self.spec.reduce[1]:
+            if not -ndim <= a < ndim:
+                raise ValueError(f"reduce axis {a} out of range for ndim {ndim}")
+            axes.add(a % ndim)
+        return axes
+
+    def _make_plan(self, key, inputs, outputs, nthreads):
+        spec = self.spec
+        if len(inputs) != len(spec.in_dtypes) or len(outputs) != len(spec.outputs):
+            raise ValueError(f"kernel takes {len(spec.in_dtypes)} inputs and "
+                             f"{len(spec.outputs)} outputs, got {len(inputs)} and {len(outputs)}")
+        for a, t in zip(inputs, self.in_np):
+            if type(a) is not np.ndarray or a.dtype != t:
+                raise TypeError(f"kernel input must be an ndarray of {t}, got "
+                                f"{type(a).__name__} {getattr(a, 'dtype', '')}")
+        if inputs:
+            shape = tuple(np.broadcast_shapes(*[a.shape for a in inputs]))
+        else:
+            shape = outputs[0].shape if spec.reduce is None else ()
+        nd = len(shape)
+        axes = self._axes(nd) if spec.reduce is not None else set()
+        want = self.out_shape([a.shape for a in inputs]) if inputs else shape
+        for o, t in zip(outputs, self.out_np):
+            if type(o) is not np.ndarray or o.dtype != t or o.shape != want \
+                    or not o.flags.writeable:
+                raise ValueError(f"kernel output must be a writeable ndarray of {t} and shape "
+                                 f"{want}, got {type(o).__name__} "
+                                 f"{getattr(o, 'dtype', '')} {getattr(o, 'shape', '')}")
+
+        # Byte strides of every operand over the broadcast shape (0 where broadcast).
+        strides = []
+        for a in inputs:
+            pad = nd - a.ndim
+            strides.append([0 if d < pad or a.shape[d - pad] == 1 else a.strides[d - pad]
+                            for d in range(nd)])
+        for o in outputs:
+            if spec.reduce is None:
+                strides.append([0 if shape[d] == 1 else o.strides[d] for d in range(nd)])
+            else:
+                kept = iter(o.strides)
+                strides.append([0 if d in axes else next(kept) for d in range(nd)])
+        order = [d for d in range(nd) if d not in axes] + sorted(axes)
+        order = [d for d in order if shape[d] != 1]
+        plan = Plan()
+        plan.kernel = self
+        plan.chunks = plan.combine = plan.fill = None
+        plan.empty = any(n == 0 for n in shape)
+        if plan.empty:
+            if spec.reduce is not None and outputs[0].size:
+                plan.fill = reduce_identity(spec.reduce[0], DTYPES[spec.out_dtypes[0]])
+            self._plans[key] = plan
+            return plan
+        lshape, lstrides, groups = _collapse(
+            [shape[d] for d in order], [[s[d] for d in order] for s in strides],
+            [d in axes for d in order])
+        n_keep = groups.count(False)
+        if not lshape:                              # every dimension has extent 1
+            lshape, lstrides, n_keep = [1], [[0] for _ in strides], 1
+        ndim = len(lshape)
+        reduction = n_keep < ndim
+        items = [t.itemsize for t in self.in_np + self.out_np]
+        inner = []
+        for k, s in enumerate(lstrides):
+            if reduction and k >= len(inputs):
+                inner.append("0")                   # the output does not move in reduced loops
+            else:
+                inner.append("0" if s[-1] == 0 else "1" if s[-1] == items[k] else "s")
+        variant = Variant(ndim, n_keep if reduction else ndim, tuple(inner), PYOBJ)
+        plan.fn = self.compile_variant(variant)
+        plan.meta = np.array(lshape + [x for s in lstrides for x in s], dtype=np.int64)
+        plan.meta_ptr = plan.meta.ctypes.data
+        plan.n0 = lshape[0]
+
+        total = int(np.prod(lshape))
+        threads = nthreads if nthreads is not None else num_threads()
+        if threads > 1 and total >= parallel_min() and lshape[0] > 1:
+            k = min(threads, lshape[0])
+            cuts = [lshape[0] * t // k for t in range(k + 1)]
+            plan.chunks = [(cuts[t], cuts[t + 1]) for t in range(k)]
+            if reduction and n_keep == 0:
+                kind = spec.reduce[0]
+                out_dt = DTYPES[spec.out_dtypes[0]]
+                acc = accumulator_dtype(kind, out_dt)
+                plan.partials = self.out_np[0]
+                ufunc = _REDUCE_UFUNC[kind]
+                if out_dt.kind == "b":
+                    ufunc = np.logical_or if kind in ("add", "max", "or") else np.logical_and
+                acc_np = _NP_DTYPES[acc.name]
+                plan.combine = lambda p, u=ufunc, a=acc_np, o=self.out_np[0]: \
+                    u.reduce(p.astype(a)).astype(o)
+        if len(self._plans) > 512:                  # signatures churn: start over
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan

@@ -1,0 +1,268 @@
+"""Scalar math written as straight-line LLVM IR, so that loops around it vectorize.
+
+Calls such as ``llvm.exp.f32`` lower to scalar libm calls and stop the loop vectorizer (a fused
+tanh/sigmoid/exp chain then runs slower than numpy). The float32 functions here are therefore
+branch-free polynomial approximations built from fmuladd, selects and integer bit tricks,
+which the vectorizer widens to 8-lane AVX2 code. All of them handle nan, +-inf, +-0, overflow
+and the denormal range the way numpy does (up to rounding); max relative errors measured
+against float64 references are in the docstrings (tests/backend/test_llvm_kernels.py checks
+< 1e-5).
+
+float64 uses libm (``exp``, ``log1p``, ``tanh``, ``erf``, ...): exact to ~1 ulp, scalar.
+
+Coefficients: exp/log/tanh are the Cephes single-precision minimax polynomials (S. Moshier);
+erfc is the Chebyshev fit from Numerical Recipes (fractional error < 1.2e-7) and erf near 0 is
+its Taylor series.
+"""
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+
+F32 = ir.FloatType()
+F64 = ir.DoubleType()
+I1 = ir.IntType(1)
+I32 = ir.IntType(32)
+
+LOG2E = 1.44269504088896341
+LN2_HI = 0.693359375            # ln2 split so that n*LN2_HI is exact for |n| < 2^9
+LN2_LO = -2.12194440e-4
+EXP_HI = 88.72283935546875      # largest float32 x with exp(x) finite
+EXP_LO = -103.97208404541016    # below this exp(x) rounds to 0 in float32
+
+
+class MathBuilder:
+    """An ``ir.IRBuilder`` plus the helpers that make math IR readable.
+
+    Every helper works on scalar values; the loop vectorizer does the widening.
+    """
+
+    def __init__(self, builder: ir.IRBuilder):
+        self.b = builder
+        self.module = builder.module
+
+    # ---- constants and intrinsics
+    @staticmethod
+    def const(ty, value):
+        return ir.Constant(ty, value)
+
+    def intrinsic(self, name: str, ret, args):
+        """Declare (once per module) and return an intrinsic or libm function."""
+        fn = self.module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ret, args), name=name)
+        return fn
+
+    def call_f(self, base: str, *xs):
+        """Call the overloaded float intrinsic llvm.<base>.f32/f64 on same-typed args."""
+        ty = xs[0].type
+        suffix = "f32" if ty == F32 else "f64"
+        fn = self.intrinsic(f"llvm.{base}.{suffix}", ty, [ty] * len(xs))
+        return self.b.call(fn, list(xs))
+
+    def call_libm(self, name32: str, name64: str, *xs):
+        ty = xs[0].type
+        fn = self.intrinsic(name32 if ty == F32 else name64, ty, [ty] * len(xs))
+        return self.b.call(fn, list(xs))
+
+    # ---- arithmetic shorthands (IEEE, no fast-math flags: results must match numpy)
+    def add(self, x, y):
+        return self.b.fadd(x, y)
+
+    def sub(self, x, y):
+        return self.b.fsub(x, y)
+
+    def mul(self, x, y):
+        return self.b.fmul(x, y)
+
+    def div(self, x, y):
+        return self.b.fdiv(x, y)
+
+    def fma(self, x, y, z):
+        """x*y + z, fused where the target has FMA (llvm.fmuladd never becomes a libcall)."""
+        return self.call_f("fmuladd", x, y, z)
+
+    def poly(self, x, coeffs):
+        """Horner: coeffs[0]*x^(n-1) + ... + coeffs[-1]."""
+        ty = x.type
+        acc = self.const(ty, coeffs[0])
+        for c in coeffs[1:]:
+            acc = self.fma(acc, x, self.const(ty, c))
+        return acc
+
+    def select(self, c, x, y):
+        return self.b.select(c, x, y)
+
+    def lt(self, x, y):
+        return self.b.fcmp_ordered("<", x, y)
+
+    def gt(self, x, y):
+        return self.b.fcmp_ordered(">", x, y)
+
+    def ge(self, x, y):
+        return self.b.fcmp_ordered(">=", x, y)
+
+    def eq(self, x, y):
+        return self.b.fcmp_ordered("==", x, y)
+
+    def isnan(self, x):
+        return self.b.fcmp_unordered("uno", x, x)
+
+    def fabs(self, x):
+        return self.call_f("fabs", x)
+
+    def copysign(self, mag, sign):
+        return self.call_f("copysign", mag, sign)
+
+    def c(self, x, value):
+        """Constant of x's type."""
+        return self.const(x.type, value)
+
+
+# ------------------------------------------------------------------------------------ exp
+def exp(m: MathBuilder, x):
+    if x.type == F64:
+        return m.call_f("exp", x)
+    return exp_f32(m, x)
+
+
+def exp_f32(m: MathBuilder, x):
+    """Cephes expf: exp(x) = 2^n * exp(r), |r| <= ln2/2; max rel. error ~1.2e-7.
+
+    2^n is applied as two factors 2^(n>>1) * 2^(n - n>>1) so that results in the denormal
+    range (x down to -103.97) are produced like numpy instead of flushed to zero.
+    """
+    b = m.b
+    nan = m.isnan(x)
+    xc = m.select(m.gt(x, m.c(x, EXP_HI)), m.c(x, EXP_HI), x)
+    xc = m.select(m.lt(xc, m.c(x, EXP_LO)), m.c(x, EXP_LO), xc)
+    xc = m.select(nan, m.c(x, 0.0), xc)          # keep nan out of fptosi
+    n = m.call_f("roundeven", m.mul(xc, m.c(x, LOG2E)))
+    r = m.fma(n, m.c(x, -LN2_HI), xc)
+    r = m.fma(n, m.c(x, -LN2_LO), r)
+    p = m.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                   4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1])
+    y = m.add(m.fma(p, m.mul(r, r), r), m.c(x, 1.0))
+    ni = b.fptosi(n, I32)
+    n1 = b.ashr(ni, ir.Constant(I32, 1))
+    n2 = b.sub(ni, n1)
+    s1 = b.bitcast(b.shl(b.add(n1, ir.Constant(I32, 127)), ir.Constant(I32, 23)), F32)
+    s2 = b.bitcast(b.shl(b.add(n2, ir.Constant(I32, 127)), ir.Constant(I32, 23)), F32)
+    y = m.mul(m.mul(y, s1), s2)
+    y = m.select(m.gt(x, m.c(x, EXP_HI)), m.c(x, math.inf), y)
+    y = m.select(m.lt(x, m.c(x, EXP_LO)), m.c(x, 0.0), y)
+    return m.select(nan, x, y)
+
+
+# ------------------------------------------------------------------------------------ log
+def log(m: MathBuilder, x):
+    if x.type == F64:
+        return m.call_f("log", x)
+    return log_f32(m, x)
+
+
+def log_f32(m: MathBuilder, x):
+    """Cephes logf: x = 2^e * f, f in [sqrt(.5), sqrt(2)); log(f) by a degree-9 polynomial.
+
+    Max rel. error ~1.5e-7. Denormals are pre-scaled by 2^23.
+    """
+    b = m.b
+    den = m.lt(x, m.c(x, 1.17549435e-38))         # FLT_MIN; also true for <= 0 (fixed below)
+    xs = m.select(den, m.mul(x, m.c(x, 8388608.0)), x)
+    bits = b.bitcast(xs, I32)
+    e = b.sub(b.lshr(bits, ir.Constant(I32, 23)), ir.Constant(I32, 126))
+    e = m.select(den, b.sub(e, ir.Constant(I32, 23)), e)
+    f = b.bitcast(b.or_(b.and_(bits, ir.Constant(I32, 0x807FFFFF)),
+                        ir.Constant(I32, 0x3F000000)), F32)     # f in [0.5, 1)
+    small = m.lt(f, m.c(x, 0.707106781186547524))
+    e = m.select(small, b.sub(e, ir.Constant(I32, 1)), e)
+    t = m.sub(m.select(small, m.add(f, f), f), m.c(x, 1.0))    # exact
+    z = m.mul(t, t)
+    p = m.poly(t, [7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+                   1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+                   3.3333331174e-1])
+    y = m.mul(m.mul(p, t), z)
+    fe = b.sitofp(e, F32)
+    y = m.fma(fe, m.c(x, LN2_LO), y)
+    y = m.fma(z, m.c(x, -0.5), y)
+    r = m.add(t, y)
+    r = m.fma(fe, m.c(x, LN2_HI), r)
+    r = m.select(m.eq(x, m.c(x, 0.0)), m.c(x, -math.inf), r)
+    r = m.select(m.lt(x, m.c(x, 0.0)), m.c(x, math.nan), r)
+    r = m.select(m.eq(x, m.c(x, math.inf)), x, r)
+    return m.select(m.isnan(x), x, r)
+
+
+# ------------------------------------------------------------------------- log1p / expm1
+def log1p(m: MathBuilder, x):
+    """log1p(x) = log(u) * x / (u - 1) with u = 1 + x (Goldberg): exact correction of the
+    rounding in 1 + x, so it is as accurate as log itself."""
+    if x.type == F64:
+        return m.call_libm("log1pf", "log1p", x)
+    u = m.add(x, m.c(x, 1.0))
+    d = m.sub(u, m.c(x, 1.0))
+    r = m.mul(log_f32(m, u), m.div(x, d))
+    r = m.select(m.eq(d, m.c(x, 0.0)), x, r)                 # 1 + x rounded to 1
+    return m.select(m.eq(x, m.c(x, math.inf)), x, r)         # inf/inf would give nan
+
+
+def expm1(m: MathBuilder, x):
+    """Taylor series up to x^9/9! for |x| < 0.5 (rel. error < 3e-9 before rounding),
+    exp(x) - 1 elsewhere (cancellation costs at most a factor 2.6 there)."""
+    if x.type == F64:
+        return m.call_libm("expm1f", "expm1", x)
+    inv = [1.0 / math.factorial(k) for k in range(9, 1, -1)]     # 1/9! .. 1/2!
+    small = m.fma(m.mul(m.poly(x, inv), x), x, x)                # x + x^2 * P(x)
+    large = m.sub(exp_f32(m, x), m.c(x, 1.0))
+    return m.select(m.lt(m.fabs(x), m.c(x, 0.5)), small, large)
+
+
+# ------------------------------------------------------------------------------- tanh etc.
+def tanh(m: MathBuilder, x):
+    """Cephes tanhf: odd polynomial for |x| < 0.625, 1 - 2/(exp(2|x|) + 1) above."""
+    if x.type == F64:
+        return m.call_libm("tanhf", "tanh", x)
+    ax = m.fabs(x)
+    z = m.mul(x, x)
+    p = m.poly(z, [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
+                   1.33314422036e-1, -3.33332819422e-1])
+    small = m.fma(m.mul(p, z), x, x)
+    e = exp_f32(m, m.add(ax, ax))
+    large = m.sub(m.c(x, 1.0), m.div(m.c(x, 2.0), m.add(e, m.c(x, 1.0))))
+    large = m.copysign(large, x)
+    return m.select(m.lt(ax, m.c(x, 0.625)), small, large)
+
+
+def sigmoid(m: MathBuilder, x):
+    """1/(1+exp(-x)) evaluated on exp(-|x|) so nothing overflows:
+    x >= 0: 1/(1+e),  x < 0: e/(1+e)."""
+    e = exp(m, m.b.fneg(m.fabs(x)))
+    r = m.div(m.c(x, 1.0), m.add(e, m.c(x, 1.0)))
+    return m.select(m.ge(x, m.c(x, 0.0)), r, m.mul(e, r))
+
+
+def softplus(m: MathBuilder, x):
+    """log(1 + exp(x)) = log1p(exp(-|x|)) + max(x, 0) (numpy's logaddexp(0, x))."""
+    t = log1p(m, exp(m, m.b.fneg(m.fabs(x))))
+    pos = m.select(m.gt(x, m.c(x, 0.0)), x, m.c(x, 0.0))
+    return m.add(t, pos)
+
+
+def erf(m: MathBuilder, x):
+    """|x| < 0.5: Taylor series of erf to x^15 (rel. error < 1e-8);
+    else 1 - erfc(|x|) with the Numerical Recipes erfc (fractional error < 1.2e-7), signed."""
+    if x.type == F64:
+        return m.call_libm("erff", "erf", x)
+    ax = m.fabs(x)
+    z = m.mul(x, x)
+    # erf(x) = 2/sqrt(pi) * sum_k (-1)^k x^(2k+1) / (k! (2k+1))
+    taylor = [2.0 / math.sqrt(math.pi) * (-1) ** k / (math.factorial(k) * (2 * k + 1))
+              for k in range(7, -1, -1)]
+    small = m.mul(m.poly(z, taylor), x)
+    t = m.div(m.c(x, 1.0), m.fma(ax, m.c(x, 0.5), m.c(x, 1.0)))
+    q = m.poly(t, [0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807,
+                   -0.18628806, 0.09678418, 0.37409196, 1.00002368, -1.26551223])
+    erfc = m.mul(t, exp_f32(m, m.sub(q, z)))
+    large = m.copysign(m.sub(m.c(x, 1.0), erfc), x)
+    return m.select(m.lt(ax, m.c(x, 0.5)), small, large)
