@@ -40,6 +40,9 @@ def _weak(v) -> bool:
     return getattr(v.tag, "weak", False)
 
 
+_BITWISE = frozenset({"and", "or", "xor", "invert"})
+
+
 class Elemwise(Op):
     __props__ = ("scalar_op",)
 
@@ -72,6 +75,9 @@ class Elemwise(Op):
                 s_dt = weak_dt
             inputs = [cast(x, s_dt) if _weak(x) and not (
                 self.scalar_op.name == "switch" and x is inputs[0]) else x for x in inputs]
+        if self.scalar_op.name in _BITWISE and any(is_float(x.dtype) for x in inputs):
+            raise TypeError(f"{self}: bitwise ops take int or bool inputs, got {describe(inputs)}"
+                            f"\n  created at:\n{format_trace(user_trace())}")
         nd = max(x.ndim for x in inputs)
         inputs = [x if x.ndim == nd else x.dimshuffle(["x"] * (nd - x.ndim) + list(range(x.ndim)))
                   for x in inputs]
@@ -98,6 +104,10 @@ class Elemwise(Op):
         if sop.name == "cast":
             r = np.asarray(inputs[0]).astype(out_dt)
         else:
+            if sop.rule == "float" and out_dt.kind == "f":
+                # ints are upgraded first: numpy's reciprocal(int) is integer division and
+                # exp(int8) is computed in float16
+                inputs = [v if v.dtype == out_dt else v.astype(out_dt) for v in inputs]
             r = sop.impl(*inputs)
             if len(inputs) > 1:
                 _check_runtime_broadcast(node, inputs, np.shape(r))
@@ -137,6 +147,8 @@ class Elemwise(Op):
 def _check_runtime_broadcast(node, inputs, out_shape):
     for x, v in zip(node.inputs, inputs):
         shp = np.shape(v)
+        if shp == out_shape:
+            continue
         for d, b in enumerate(x.type.broadcastable):
             if not b and shp[d] != out_shape[d]:
                 raise shape_error(

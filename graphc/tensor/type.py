@@ -53,18 +53,10 @@ class TensorType(Type):
         self.shape: Tuple[Optional[int], ...] = tuple(
             None if s is None else int(s) for s in shape)
         self.name = name
-
-    @property
-    def broadcastable(self) -> Tuple[bool, ...]:
-        return tuple(s == 1 for s in self.shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def numpy_dtype(self):
-        return np.dtype(self.dtype)
+        # derived, cached: read on every call of the reference backend
+        self.broadcastable: Tuple[bool, ...] = tuple(s == 1 for s in self.shape)
+        self.ndim = len(self.shape)
+        self.numpy_dtype = np.dtype(self.dtype)
 
     def clone(self, dtype=None, shape=None, broadcastable=None):
         if shape is None and broadcastable is not None:

@@ -1,0 +1,199 @@
+"""The native CPU backend: fused regions run as LLVM kernels, matrix products as BLAS.
+
+The linker turns the optimized graph into a flat list of zero-argument steps over storage
+cells (one ``[value]`` per variable).  The step of a node is made by the first matching
+entry of ``STEP_MAKERS`` (a table keyed by op type); ops without an entry run their numpy
+``perform`` (the reference), so every graph runs.
+
+Buffers: a node whose outputs never reach a function output (directly, through views, or
+through an in-place op that takes the buffer over) keeps its output arrays from one call
+to the next and writes into them again when the shape is unchanged, so a steady training
+loop allocates nothing for intermediates.  A changed shape (another batch size) allocates
+a new buffer; nothing is recompiled, since kernels take shapes and strides at run time.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+
+from graphc.backend.kernel_spec import DTYPES
+from graphc.configdefaults import config
+from graphc.graph.basic import Constant
+from graphc.link.py import node_error
+from graphc.tensor.blas import Gemm
+from graphc.tensor.fused import Fused
+
+
+def _escaping(fgraph) -> set:
+    """Variables whose buffer may be seen by the caller after the call: the outputs, and
+    whatever they view or took over in place."""
+    out = set()
+    stack = list(fgraph.outputs)
+    while stack:
+        v = stack.pop()
+        if v in out:
+            continue
+        out.add(v)
+        node = v.owner
+        if node is None:
+            continue
+        for m in (getattr(node.op, "view_map", None) or {}, getattr(node.op, "destroy_map", None) or {}):
+            for j in m.get(v.index, ()):
+                stack.append(node.inputs[j])
+    return out
+
+
+class _Buffers:
+    """Output arrays of one node kept across calls (when the node's outputs don't escape)."""
+
+    __slots__ = ("arrays", "reuse")
+
+    def __init__(self, n, reuse):
+        self.arrays = [None] * n
+        self.reuse = reuse
+
+    def get(self, k, shape, dtype):
+        a = self.arrays[k]
+        if a is None or a.shape != shape:
+            a = np.empty(shape, dtype)
+            if self.reuse:
+                self.arrays[k] = a
+        elif not self.reuse:
+            a = np.empty(shape, dtype)
+        return a
+
+
+def _fused_step(node, ins, outs, reuse) -> Callable:
+    from graphc.backend.llvm import compile_kernel
+    op: Fused = node.op
+    if any(d not in DTYPES for d in op.in_dtypes) or \
+            any(o.dtype not in DTYPES for o in node.outputs):
+        return None
+    kernel = compile_kernel(op.to_kernel_spec())
+    out_dtypes = [o.type.numpy_dtype for o in node.outputs]
+    bufs = _Buffers(len(outs), reuse)
+    destroy = dict(op.destroy) if op.reduce is None else {}
+    check = op._broadcast_shape
+    reduce_axes = op.reduce[1] if op.reduce is not None else None
+    n_out = len(outs)
+
+    def step():
+        vals = [c[0] for c in ins]
+        shape = check(node, vals)           # Theano's broadcasting rule, with a clear error
+        oshape = shape if reduce_axes is None else \
+            tuple(s for d, s in enumerate(shape) if d not in reduce_axes)
+        arrays = []
+        for k in range(n_out):
+            j = destroy.get(k)
+            if j is not None:
+                a = vals[j]
+                if a.shape == oshape and a.flags.c_contiguous and a.flags.writeable:
+                    arrays.append(a)
+                    continue
+            arrays.append(bufs.get(k, oshape, out_dtypes[k]))
+        kernel(vals, arrays)
+        for k in range(n_out):
+            outs[k][0] = arrays[k]
+    return step
+
+
+def _gemm_step(node, ins, outs, reuse) -> Callable:
+    from graphc.backend.llvm import gemm
+    op: Gemm = node.op
+    if node.outputs[0].dtype not in ("float32", "float64"):
+        return None
+    dtype = node.outputs[0].type.numpy_dtype
+    bufs = _Buffers(1, reuse)
+    ta, tb, has_z, inplace = op.trans_a, op.trans_b, op.has_z, op.inplace
+    out = outs[0]
+
+    def step():
+        x, y, alpha = ins[0][0], ins[1][0], ins[2][0]
+        m = x.shape[1] if ta else x.shape[0]
+        n = y.shape[0] if tb else y.shape[1]
+        if (x.shape[0] if ta else x.shape[1]) != (y.shape[1] if tb else y.shape[0]):
+            raise ValueError(f"inner dimensions differ: {x.shape}{'.T' if ta else ''} x "
+                             f"{y.shape}{'.T' if tb else ''}")
+        if has_z:
+            z, beta = ins[3][0], ins[4][0]
+            if inplace and z.shape == (m, n) and z.flags.c_contiguous and z.flags.writeable:
+                c = z
+            else:
+                c = bufs.get(0, (m, n), dtype)
+                c[...] = z
+            gemm(ta, tb, float(alpha), x, y, float(beta), c)
+        else:
+            c = bufs.get(0, (m, n), dtype)
+            gemm(ta, tb, float(alpha), x, y, 0.0, c)
+        out[0] = c
+    return step
+
+
+# op type -> maker(node, input cells, output cells, reuse) -> step, or None to decline
+STEP_MAKERS: Dict[type, Callable] = {
+    Fused: _fused_step,
+    Gemm: _gemm_step,
+}
+
+
+def _perform_step(node, ins, outs):
+    perform = node.op.perform
+
+    def step():
+        perform(node, [c[0] for c in ins], outs)
+    return step
+
+
+class LLVMLinker:
+    name = "llvm"
+
+    def link(self, fgraph, profile=None):
+        storage = {v: [None] for v in fgraph.inputs}
+        order = fgraph.toposort()
+        for node in order:
+            for v in node.inputs:
+                if v not in storage:
+                    storage[v] = [v.data] if isinstance(v, Constant) else [None]
+            for o in node.outputs:
+                storage[o] = [None]
+        for o in fgraph.outputs:
+            if o not in storage:
+                storage[o] = [o.data] if isinstance(o, Constant) else [None]
+        escaping = _escaping(fgraph)
+        steps: List = []
+        for node in order:
+            ins = [storage[i] for i in node.inputs]
+            outs = [storage[o] for o in node.outputs]
+            reuse = not any(o in escaping for o in node.outputs)
+            step = None
+            maker = STEP_MAKERS.get(type(node.op))
+            if maker is not None:
+                try:
+                    step = maker(node, ins, outs, reuse)
+                except Exception as e:  # a kernel the backend cannot build: run the reference
+                    if config.debug:
+                        print(f"graphc llvm: {node.op} runs on numpy: {e}")
+                    step = None
+            if step is None:
+                step = _perform_step(node, ins, outs)
+            steps.append((step, node, ins))
+
+        if profile is None:
+            def run():
+                for step, node, ins in steps:
+                    try:
+                        step()
+                    except Exception as e:
+                        raise node_error(node, [c[0] for c in ins], e) from e
+        else:
+            def run():
+                for step, node, ins in steps:
+                    t0 = time.perf_counter()
+                    try:
+                        step()
+                    except Exception as e:
+                        raise node_error(node, [c[0] for c in ins], e) from e
+                    profile.add(node, time.perf_counter() - t0)
+        return storage, run
