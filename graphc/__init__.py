@@ -16,9 +16,9 @@ from graphc.gradient import grad, disconnected_grad, zero_grad, grad_clip  # noq
 from graphc import tensor, printing  # noqa: F401
 from graphc.printing import debugprint, pp  # noqa: F401
 
-try:  # control flow lands with the neural-net op set
-    from graphc.scan_module import scan  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+from graphc import scan_module, ifelse  # noqa: F401  (theano.scan_module, theano.ifelse)
+from graphc.scan_module import scan, until  # noqa: F401
+# theano.map / reduce / foldl / foldr (these names shadow the builtins in this module only)
+from graphc.scan_module import foldl, foldr, map, reduce  # noqa: F401,A004
 
 dot = tensor.dot

@@ -154,8 +154,9 @@ def grad(cost, wrt, consider_constant=None, disconnected_inputs="raise", add_nam
 
     blockers = set(consider_constant or [])
     outputs = list(seeds)
-    # nodes on a path from wrt to the seeds
-    nodes = io_toposort(wrt_list, outputs)
+    # every node above the seeds (not stopping at wrt: a wrt may be computed from another
+    # wrt, e.g. grad(cost, [h, w]) with h = f(w) gives the total derivative for w)
+    nodes = io_toposort(list(blockers), outputs)
     # which variables depend on some wrt (forward reachability)
     depends = set(wrt_list)
     for node in nodes:
@@ -334,7 +335,6 @@ def jacobian(expression, wrt, consider_constant=None, disconnected_inputs="raise
     """d expression[i] / d wrt, stacked over i (via scan, as in Theano)."""
     from graphc.tensor.var import as_tensor_variable
     from graphc.tensor import basic as tb
-    from graphc.tensor.math import arange
     single = not isinstance(wrt, (list, tuple))
     wrt_list = [wrt] if single else list(wrt)
     expression = as_tensor_variable(expression)
@@ -415,11 +415,13 @@ def verify_grad(fun, pt, n_tests=2, rng=None, eps=None, out_type=None, abs_tol=N
         abs_tol = 1e-4 if dt == np.float64 else 3e-2
     if rel_tol is None:
         rel_tol = 1e-4 if dt == np.float64 else 3e-2
-    sym = [TensorType(p.dtype, shape=(None,) * p.ndim)(f"input{i}") for i, p in enumerate(pt)]
+    # size-1 dims are broadcastable, as for Theano's constants of the same values
+    sym = [TensorType(p.dtype, shape=tuple(1 if s == 1 else None for s in p.shape))(f"input{i}")
+           for i, p in enumerate(pt)]
     out = fun(*sym)
     if isinstance(out, (list, tuple)):
         raise TypeError("verify_grad: fun must return a single variable")
-    f_out = function(sym, out, mode=mode)
+    f_out = function(sym, out, mode=mode, on_unused_input="ignore")
     o0 = np.asarray(f_out(*pt))
     for _ in range(n_tests):
         proj = rng.standard_normal(o0.shape).astype(out.dtype) if o0.ndim else \
@@ -428,8 +430,8 @@ def verify_grad(fun, pt, n_tests=2, rng=None, eps=None, out_type=None, abs_tol=N
         cost = tsum(out * constant(proj))
         fl = [i for i, p in enumerate(pt) if p.dtype.kind == "f"]
         g_syms = grad(cost, [sym[i] for i in fl], disconnected_inputs="ignore")
-        f_cost = function(sym, cost, mode=mode)
-        f_grad = function(sym, g_syms, mode=mode)
+        f_cost = function(sym, cost, mode=mode, on_unused_input="ignore")
+        f_grad = function(sym, g_syms, mode=mode, on_unused_input="ignore")
         analytic = [np.asarray(g) for g in f_grad(*pt)]
         work = [p.copy() for p in pt]
 
