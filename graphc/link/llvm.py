@@ -78,12 +78,18 @@ def _fused_step(node, ins, outs, reuse) -> Callable:
     check = op._broadcast_shape
     reduce_axes = op.reduce[1] if op.reduce is not None else None
     n_out = len(outs)
+    last = [None, None]                     # input shapes of the previous call, output shape
 
     def step():
         vals = [c[0] for c in ins]
-        shape = check(node, vals)           # Theano's broadcasting rule, with a clear error
-        oshape = shape if reduce_axes is None else \
-            tuple(s for d, s in enumerate(shape) if d not in reduce_axes)
+        key = tuple([v.shape for v in vals])
+        if key == last[0]:
+            oshape = last[1]
+        else:
+            shape = check(node, vals)       # Theano's broadcasting rule, with a clear error
+            oshape = shape if reduce_axes is None else \
+                tuple(s for d, s in enumerate(shape) if d not in reduce_axes)
+            last[0], last[1] = key, oshape
         arrays = []
         for k in range(n_out):
             j = destroy.get(k)
