@@ -48,8 +48,10 @@ def worker_env(fw: str, threads: int, device: str, cache: str | None = None) -> 
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     force = {"compiledir": cache} if cache else {}
-    env["GRAPHC_FLAGS"] = merge_flags(env.get("GRAPHC_FLAGS", ""), {"floatX": "float32"},
-                                      dict(force, device=device))
+    current = merge_flags(env.get("GRAPHC_FLAGS", ""), {}, {})
+    if ("device=gpu" in current or "device=cuda" in current) != (device == "gpu"):
+        force["device"] = device
+    env["GRAPHC_FLAGS"] = merge_flags(env.get("GRAPHC_FLAGS", ""), {"floatX": "float32"}, force)
     # PyTensor 3 defaults to its numba backend, which needs llvmlite < 0.48 (graphc needs 0.50):
     # the classic C backend (CVM) is used unless PYTENSOR_FLAGS names a mode
     force = {"base_compiledir": cache} if cache else {}
@@ -72,14 +74,17 @@ def worker_env(fw: str, threads: int, device: str, cache: str | None = None) -> 
 
 
 def run_framework(fw: str, workloads: list, opts: dict, workdir: Path, cache: str | None = None,
-                  first_call_only: bool = False, timeout_s: float = 600.0, progress=None):
+                  first_call_only: bool = False, timeout_s: float = 600.0, budget_s=None,
+                  progress=None):
     """Run ``workloads`` on ``fw`` in fresh worker subprocesses; returns (info, results).
 
     ``results`` maps workload -> list of result dicts (main + variants). A worker that dies or
-    hangs costs only the workload it was running: the rest go on in a new worker.
+    hangs costs only the workload it was running: the rest go on in a new worker. With
+    ``budget_s``, workloads that would start after that many seconds are skipped.
     """
     env = worker_env(fw, opts["threads"], opts["device"], cache)
     info, results, remaining, attempt = {}, {}, list(workloads), 0
+    t_begin = time.monotonic()
     while remaining:
         attempt += 1
         log = workdir / f"{fw}.{attempt}.{os.getpid()}.{time.monotonic_ns()}.jsonl"
@@ -88,9 +93,11 @@ def run_framework(fw: str, workloads: list, opts: dict, workdir: Path, cache: st
                "--workloads", ",".join(remaining), "--device", opts["device"],
                "--threads", str(opts["threads"]), "--reps", str(opts["reps"]),
                "--warmup", str(opts["warmup"]), "--min-rep-s", str(opts["min_rep_s"]),
-               "--max-s", str(opts["max_s"]), "--refdir", str(opts["refdir"]), "--out", str(log)]
+               "--max-s", str(opts["max_s"]), "--min-reps", str(opts["min_reps"]), "--refdir", str(opts["refdir"]), "--out", str(log)]
         if first_call_only:
             cmd.append("--first-call-only")
+        if budget_s is not None:
+            cmd += ["--budget-s", str(max(0.0, budget_s - (time.monotonic() - t_begin)))]
         with open(errlog, "w") as err:
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=err, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
@@ -179,11 +186,16 @@ def check_outputs(outs, ref, tol: float, names=()) -> dict:
 
 # ----------------------------------------------------------------------------- timing
 
-def time_steps(step, sync, reps: int, warmup: int, min_rep_s: float, max_s: float) -> dict:
+def time_steps(step, sync, reps: int, warmup: int, min_rep_s: float, max_s: float,
+               min_reps: int = 3, first_s: float | None = None) -> dict:
     """Median seconds per call: warm-up calls, then ``reps`` timed batches of ``inner`` calls
-    (enough calls that one batch lasts ``min_rep_s``); stops early after ``max_s`` (>= 3 reps)."""
-    t = 0.0
-    for _ in range(max(warmup, 1)):
+    (enough calls that one batch lasts ``min_rep_s``); stops early after ``max_s`` once
+    ``min_reps`` batches are timed. ``warmup=0`` still warms up once unless the first call
+    (``first_s``, already made) was slower than ``max_s``."""
+    t = first_s or 0.0
+    if warmup == 0 and (first_s is None or first_s < max_s):
+        warmup = 1
+    for _ in range(warmup):
         t0 = time.perf_counter()
         sync(step())
         t = time.perf_counter() - t0
@@ -198,7 +210,7 @@ def time_steps(step, sync, reps: int, warmup: int, min_rep_s: float, max_s: floa
                 raw = step()
             sync(raw)
             times.append((time.perf_counter() - t0) / inner)
-            if len(times) >= 3 and time.perf_counter() > deadline:
+            if len(times) >= min_reps and time.perf_counter() > deadline:
                 break
     finally:
         if gc_was_on:
@@ -235,9 +247,10 @@ def run_workload(w, fw, args, emit):
             res["status"] = "ok" if res["check"]["ok"] else "mismatch"
             del raw, outs
             if not args.first_call_only:
-                reps = max(3, int(round(args.reps * w.reps_scale)))
+                reps = max(args.min_reps, int(round(args.reps * w.reps_scale)))
                 res.update(time_steps(step, fw.sync, reps, args.warmup, args.min_rep_s,
-                                      args.max_s * w.reps_scale))
+                                      args.max_s * w.reps_scale, args.min_reps,
+                                      res["first_call_s"]))
         except Exception as exc:
             res.update(status="error", error=short_error(exc),
                        traceback=traceback.format_exc(limit=-8))
@@ -256,10 +269,13 @@ def worker_main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--min-rep-s", type=float, default=0.01)
     p.add_argument("--max-s", type=float, default=20.0)
+    p.add_argument("--min-reps", type=int, default=3)
     p.add_argument("--refdir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--first-call-only", action="store_true")
+    p.add_argument("--budget-s", type=float, help="skip workloads that would start after this")
     args = p.parse_args(argv)
+    t_begin = time.monotonic()
     out = open(args.out, "a")
 
     def emit(ev):
@@ -278,7 +294,10 @@ def worker_main(argv=None):
     table = by_name()
     for name in args.workloads.split(","):
         emit({"event": "start", "workload": name})
-        if name.startswith("models"):
+        if args.budget_s is not None and time.monotonic() - t_begin > args.budget_s:
+            emit({"event": "result", "workload": name, "status": "skipped",
+                  "reason": f"--quick: this framework's {args.budget_s:.0f} s budget is spent"})
+        elif name.startswith("models"):
             from .models import run_models
             run_models(fw, args, emit)
         else:

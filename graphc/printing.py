@@ -83,17 +83,21 @@ def debugprint(obj, depth=-1, print_type=False, file=None, ids="CHAR", done=None
             return
         done.add(node)
         lines.append(f"{prefix}{_op_label(node)}{idx} id={ident(node)}{nm}{t}")
-        if d == 0 or (stop_on_name and v.name and prefix):
+        if d == 1 or (stop_on_name and v.name and prefix):   # depth=1: this node only
             return
         for inp in node.inputs:
             rec(inp, prefix.replace("|", " ").replace("-", " ") + " |", d - 1)
 
+    updates = []
+    if fgraph is not None and hasattr(obj, "update_targets"):
+        # a compiled function: its outputs, then each update's graph under a header
+        updates = list(zip(obj.update_targets, fgraph.outputs[obj.n_out:]))
+        outputs = outputs[:obj.n_out]
     for o in outputs:
         rec(o, "", depth)
-    if fgraph is not None and hasattr(obj, "update_targets"):
-        n = obj.n_out
-        for var, upd in zip(obj.update_targets, fgraph.outputs[n:]):
-            lines.append(f"update of {var.name or var}:")
+    for var, upd in updates:
+        lines.append(f"update of {var.name or var}:")
+        rec(upd, " ", depth)
     text = "\n".join(lines)
     if file == "str":
         return text

@@ -26,6 +26,7 @@ class Workload:
     description = ""
     tol = 1e-3           # max |out - ref| / max |ref|, per output
     reps_scale = 1.0     # < 1 for slow workloads: fewer repetitions
+    bound = None         # 'bandwidth' (work['bytes'] at copy speed) or 'sgemm' (work['flops'] at peak)
     gpu_only_sizes = {}  # documentation of sizes that change on the GPU
 
     def inputs(self, device: str) -> dict:

@@ -86,6 +86,7 @@ class ConvnetStep(Workload):
     description = ("SGD step of a LeNet-like convnet, batch 128 of 1x28x28: conv5x5(20)-pool2-"
                    "tanh-conv5x5(50)-pool2-tanh-dense500-tanh-dense10, softmax xent")
     reps_scale = 0.5
+    bound = "sgemm"
 
     def inputs(self, device):
         rng = self.rng()

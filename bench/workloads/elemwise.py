@@ -19,6 +19,7 @@ class Elemwise(Workload):
     family = "elemwise"
     description = "tanh(a*x+b)*sigmoid(x)+exp(-x*x), x float32 of 2^22 (GPU: 2^26) elements"
     tol = 1e-4
+    bound = "bandwidth"
     gpu_only_sizes = {"n": N_GPU}
 
     def inputs(self, device):

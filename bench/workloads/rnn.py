@@ -48,6 +48,7 @@ class LstmStep(Workload):
     description = ("LSTM batch 32, 50 steps, input 128, hidden 256; loss = sum(h_T^2), "
                    "gradients w.r.t. all weights")
     reps_scale = 0.5
+    bound = "sgemm"
 
     def inputs(self, device):
         rng = self.rng()

@@ -32,13 +32,23 @@ class Scratchpad:
         return f"scratchpad{self.__dict__}"
 
 
+_outside_cache: Dict[str, bool] = {}
+
+
+def _outside_graphc(fn: str) -> bool:
+    r = _outside_cache.get(fn)
+    if r is None:
+        r = _outside_cache[fn] = not os.path.abspath(fn).startswith(_GRAPHC_DIR + os.sep)
+    return r
+
+
 def user_trace(limit: int = 1):
     """The innermost stack frames outside graphc's own package (the user's line)."""
     frames = []
     f = sys._getframe(1)
     while f is not None and len(frames) < limit:
         fn = f.f_code.co_filename
-        if not os.path.abspath(fn).startswith(_GRAPHC_DIR + os.sep):
+        if _outside_graphc(fn):
             frames.append((fn, f.f_lineno, f.f_code.co_name))
         f = f.f_back
     return frames

@@ -30,6 +30,10 @@ class FunctionGraph:
         self.version = 0
         self._order = None
         self._listeners: List[Callable] = []
+        self._input_set = set(self.inputs)
+        # extra "run b before a" constraints {a: {b, ...}} (the destroy handler's: every
+        # reader of a buffer runs before the in-place op that overwrites it)
+        self.orderings: Dict[Apply, set] = {}
         for v in self.inputs:
             self._add_var(v)
         for i, out in enumerate(self.outputs):
@@ -43,9 +47,9 @@ class FunctionGraph:
             self.clients.setdefault(v, [])
 
     def _import(self, var):
-        for node in io_toposort(self.inputs, [var]):
-            if node in self.apply_nodes:
-                continue
+        # walk up only through nodes not yet in the graph: a rewrite that adds a few nodes
+        # costs a few steps, not a walk of the whole graph
+        for node in self._new_nodes(var):
             self.apply_nodes.add(node)
             for o in node.outputs:
                 self._add_var(o)
@@ -53,6 +57,27 @@ class FunctionGraph:
                 self._add_var(inp)
                 self.clients[inp].append((node, i))
         self._add_var(var)
+
+    def _new_nodes(self, var):
+        """Producers of var not in the graph yet, in topological order."""
+        def known(v):
+            return v.owner is None or v.owner in self.apply_nodes or v in self._input_set
+        if known(var):
+            return []
+        order, seen = [], {var.owner}
+        stack = [(var.owner, 0)]
+        while stack:
+            node, i = stack[-1]
+            if i < len(node.inputs):
+                stack[-1] = (node, i + 1)
+                v = node.inputs[i]
+                if not known(v) and v.owner not in seen:
+                    seen.add(v.owner)
+                    stack.append((v.owner, 0))
+            else:
+                stack.pop()
+                order.append(node)
+        return order
 
     def _prune(self, var):
         """Remove var's producer (recursively) if nothing uses its outputs any more."""
@@ -129,6 +154,8 @@ class FunctionGraph:
     def toposort(self) -> List[Apply]:
         if self._order is None:
             self._order = io_toposort(self.inputs, self.outputs)
+            if self.orderings:
+                self._order = _constrained_order(self._order, self.orderings)
             # nodes can only have been pruned or added through replace(); keep the set exact
             self.apply_nodes = set(self._order)
         return self._order
@@ -148,6 +175,37 @@ class FunctionGraph:
 
     def __str__(self):
         return f"FunctionGraph({', '.join(map(str, self.outputs))})"
+
+
+def _constrained_order(order, extra):
+    """A topological order of ``order``'s nodes that also runs extra[n] before n."""
+    pos = set(order)
+    done, out = set(), []
+    for start in order:
+        if start in done:
+            continue
+        stack = [(start, None)]
+        active = {start}
+        while stack:
+            node, it = stack[-1]
+            if it is None:
+                deps = [v.owner for v in node.inputs if v.owner in pos]
+                deps += [d for d in extra.get(node, ()) if d in pos]
+                it = iter(deps)
+                stack[-1] = (node, it)
+            for d in it:
+                if d not in done:
+                    if d in active:
+                        raise ValueError(f"ordering constraints form a cycle through {d}")
+                    active.add(d)
+                    stack.append((d, None))
+                    break
+            else:
+                stack.pop()
+                active.discard(node)
+                done.add(node)
+                out.append(node)
+    return out
 
 
 def _is_constant(v):

@@ -18,14 +18,19 @@ class RuntimeGraphError(RuntimeError):
     """An op failed while running; the message names the op, its inputs and the user's line."""
 
 
+class RuntimeValueError(RuntimeGraphError, ValueError):
+    """An op's implementation raised a ValueError (mostly mismatched shapes): still a
+    ValueError, whichever op (and so whichever mode) ran into it."""
+
+
 def node_error(node, values, exc):
     if isinstance(exc, (ShapeError, RuntimeGraphError)):
         return exc
     desc = describe_values(values)
     msg = (f"{node.op} failed: {type(exc).__name__}: {exc}\n  inputs: {desc}\n"
            f"  created at:\n{format_trace(getattr(node.tag, 'trace', []))}")
-    err = RuntimeGraphError(msg)
-    return err
+    cls = RuntimeValueError if isinstance(exc, ValueError) else RuntimeGraphError
+    return cls(msg)
 
 
 class PyLinker:

@@ -23,3 +23,6 @@ from graphc.tensor import nnet, extra_ops  # noqa: F401
 from graphc.tensor import basic as basic_ops  # noqa: F401
 
 abs = abs_
+
+# theano.tensor.grad & co., as the tutorials write them (T.grad(cost, wrt))
+from graphc.gradient import grad, hessian, jacobian  # noqa: F401,E402

@@ -303,8 +303,8 @@ class Reshape(Op):
             return [tuple(shp[i] for i in range(self.ndim))]
         if -1 not in known:
             return [tuple(shp[i] for i in range(self.ndim))]
-        total = T.prod(T.stack(list(shapes[0]))) if shapes[0] else constant(np.int64(1))
-        rest = T.prod(T.stack([shp[i] for i in range(self.ndim) if known[i] != -1])) \
+        total = T.prod(stack(list(shapes[0]))) if shapes[0] else constant(np.int64(1))
+        rest = T.prod(stack([shp[i] for i in range(self.ndim) if known[i] != -1])) \
             if self.ndim > 1 else constant(np.int64(1))
         return [tuple(shp[i] if known[i] != -1 else T.floor_div(total, rest)
                       for i in range(self.ndim))]

@@ -43,6 +43,20 @@ def _weak(v) -> bool:
 _BITWISE = frozenset({"and", "or", "xor", "invert"})
 
 
+def _fit_weak_ints(dtype, weak):
+    """Widen an int dtype so that weak Python int constants fit (int8 tensor + 300 is int16,
+    as in Theano) instead of wrapping around silently."""
+    for x in weak:
+        data = getattr(x, "data", None)
+        if data is None or np.asarray(data).dtype.kind not in "iu":
+            continue
+        v = int(np.asarray(data).max() if np.asarray(data).size else 0)
+        info = np.iinfo(dtype)
+        if not info.min <= v <= info.max:
+            dtype = upcast(dtype, np.min_scalar_type(-abs(v) - 1))
+    return dtype
+
+
 class Elemwise(Op):
     __props__ = ("scalar_op",)
 
@@ -73,6 +87,8 @@ class Elemwise(Op):
                 s_dt = config.floatX if s_dt in ("bool", "int8", "int16", "uint8") else "float64"
             elif s_dt == "bool" and weak_dt != "bool":
                 s_dt = weak_dt
+            elif not is_float(s_dt):
+                s_dt = _fit_weak_ints(s_dt, [x for x in values if _weak(x)])
             inputs = [cast(x, s_dt) if _weak(x) and not (
                 self.scalar_op.name == "switch" and x is inputs[0]) else x for x in inputs]
         if self.scalar_op.name in _BITWISE and any(is_float(x.dtype) for x in inputs):
@@ -107,7 +123,8 @@ class Elemwise(Op):
             if sop.rule == "float" and out_dt.kind == "f":
                 # ints are upgraded first: numpy's reciprocal(int) is integer division and
                 # exp(int8) is computed in float16
-                inputs = [v if v.dtype == out_dt else v.astype(out_dt) for v in inputs]
+                inputs = [v if getattr(v, "dtype", None) == out_dt else np.asarray(v, out_dt)
+                          for v in inputs]
             r = sop.impl(*inputs)
             if len(inputs) > 1:
                 _check_runtime_broadcast(node, inputs, np.shape(r))

@@ -102,6 +102,18 @@ class Repeat(Op):
             raise shape_error(self, describe_values(inputs), str(e),
                               getattr(node.tag, "trace", [])) from None
 
+    def infer_shape(self, node, shapes):
+        from graphc.tensor.basic import stack
+        from graphc.tensor.math import prod, sum as tsum
+        x, r = node.inputs
+        if self.axis is None:
+            n = prod(stack(list(shapes[0]))) if shapes[0] else constant(np.int64(1))
+            return [(n * r if r.ndim == 0 else tsum(r),)]
+        ax = self.axis % x.ndim
+        out = list(shapes[0])
+        out[ax] = shapes[0][ax] * r if r.ndim == 0 else tsum(r)
+        return [tuple(out)]
+
     def L_op(self, inputs, outputs, grads):
         from graphc.gradient import disconnected_grad_type, zeros_grad
         from graphc.tensor.math import sum as tsum

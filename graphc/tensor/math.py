@@ -112,11 +112,11 @@ def isinf(x):
 
 
 def log2(x):
-    return log(x) / np.log(2.0)
+    return log(x) / float(np.log(2.0))   # a weak Python float
 
 
 def log10(x):
-    return log(x) / np.log(10.0)
+    return log(x) / float(np.log(10.0))
 
 
 def exp2(x):

@@ -109,8 +109,10 @@ def _g_min(i, o, g):
 def _g_clip(i, o, g):
     T = _T()
     x, lo, hi = i
+    # clip = minimum(maximum(x, lo), hi): with lo > hi the result is hi everywhere
     inside = T.and_(T.ge(x, lo), T.le(x, hi))
-    return [T.switch(inside, g, 0), T.switch(T.lt(x, lo), g, 0), T.switch(T.gt(x, hi), g, 0)]
+    return [T.switch(inside, g, 0), T.switch(T.and_(T.lt(x, lo), T.le(lo, hi)), g, 0),
+            T.switch(T.gt(T.maximum(x, lo), hi), g, 0)]
 
 
 def _g_switch(i, o, g):

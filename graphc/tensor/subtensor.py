@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.graph.basic import Apply, Constant, Op, Variable
-from graphc.tensor.basic import cast, zeros_like
+from graphc.tensor.basic import cast, shape_i, zeros_like
 from graphc.tensor.elemwise import describe, describe_values, shape_error
 from graphc.tensor.type import TensorType, is_float, is_int
 from graphc.tensor.var import as_tensor_variable, constant
@@ -146,12 +146,7 @@ def _static_out_shape(x, template, inputs):
         known = sizes - {None}
         bshape.append(known.pop() if len(known) == 1 and None not in sizes else
                       (1 if not sizes else None))
-    contiguous = adv_pos == list(range(adv_pos[0], adv_pos[0] + len(adv_pos))) and all(
-        pieces[i] is None or pieces[i] == [] for i in range(adv_pos[0], adv_pos[-1] + 1))
-    # int entries count as advanced indices when mixed with arrays (numpy rule)
-    ints_between = any(pieces[i] == [] for i in range(len(pieces)) if i not in adv_pos)
-    if ints_between:
-        contiguous = False
+    contiguous = _adjacent(pieces)
     out = []
     placed = False
     for i, p in enumerate(pieces):
@@ -164,6 +159,14 @@ def _static_out_shape(x, template, inputs):
     if not contiguous:
         out = bshape + out
     return tuple(out) + tuple(rest)
+
+
+def _adjacent(pieces) -> bool:
+    """numpy's rule: with an array index present, int entries are advanced indices too, and
+    the broadcast index dims stay in place only if all advanced indices are adjacent
+    (else they go first).  ``pieces``: None for an array entry, [] for an int entry."""
+    adv = [i for i, p in enumerate(pieces) if p is None or p == []]
+    return adv == list(range(adv[0], adv[-1] + 1))
 
 
 class Subtensor(Op):
@@ -277,6 +280,53 @@ class AdvancedSubtensor(Op):
     make_node = Subtensor.make_node
     perform = Subtensor.perform
     connection_pattern = Subtensor.connection_pattern
+
+    def infer_shape(self, node, shapes):
+        from graphc.tensor import math as T
+        xs = shapes[0]
+        it = iter(node.inputs[1:])
+        pieces, idx_shapes, d = [], [], 0   # idx_shapes: [(size, statically 1)] per array
+        for e in self.template:
+            if e[0] == "newaxis":
+                pieces.append([constant(np.int64(1))])
+            elif e[0] == "int":
+                if e[1] == SYM:
+                    next(it)
+                pieces.append([])
+                d += 1
+            elif e[0] == "slice":
+                parts = [next(it) if p == SYM else p for p in e[1:]]
+                pieces.append([xs[d] if parts == [None, None, None] else _slice_len(xs[d], *parts)])
+                d += 1
+            else:
+                a = next(it)
+                if a.dtype == "bool":    # a mask selects its number of true entries
+                    idx_shapes.append([(T.sum(T.cast(a, "int64")), False)])
+                    d += a.ndim
+                else:
+                    sa = [shape_i(a, k) for k in range(a.ndim)]
+                    idx_shapes.append(list(zip(sa, (s == 1 for s in a.type.shape))))
+                    d += 1
+                pieces.append(None)
+        nd = max(len(s) for s in idx_shapes)
+        bshape = []
+        for k in range(nd):
+            sizes = [s[k - (nd - len(s))] for s in idx_shapes if k - (nd - len(s)) >= 0]
+            sizes = [v for v, one in sizes if not one]
+            size = sizes[0] if sizes else constant(np.int64(1))
+            for v in sizes[1:]:
+                size = T.maximum(size, v)     # equal unless broadcasting from 1
+            bshape.append(size)
+        in_place = _adjacent(pieces)
+        out = [] if in_place else list(bshape)
+        placed = False
+        for p in pieces:
+            if p is not None:
+                out.extend(p)
+            elif in_place and not placed:
+                out.extend(bshape)
+                placed = True
+        return [tuple(out) + tuple(xs[d:])]
 
     def L_op(self, inputs, outputs, grads):
         x, *idx = inputs

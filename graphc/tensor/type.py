@@ -25,8 +25,15 @@ def is_int(dtype) -> bool:
     return str(dtype) in DISCRETE_DTYPES
 
 
+_upcast_memo: dict = {}
+
+
 def upcast(*dtypes) -> str:
-    return str(np.result_type(*[np.dtype(d) for d in dtypes]))
+    key = tuple(str(d) for d in dtypes)
+    r = _upcast_memo.get(key)
+    if r is None:               # numpy's result_type and dtype names are slow: memoized
+        r = _upcast_memo[key] = str(np.result_type(*[np.dtype(d) for d in dtypes]))
+    return r
 
 
 def normalize_dtype(dtype) -> str:
@@ -36,6 +43,8 @@ def normalize_dtype(dtype) -> str:
     if dtype == "floatX":
         from graphc.configdefaults import config
         return config.floatX
+    if isinstance(dtype, str) and dtype in ALL_DTYPES:
+        return dtype            # the common case, without numpy's slow dtype names
     d = str(np.dtype(dtype))
     if d not in ALL_DTYPES:
         raise TypeError(f"graphc does not support dtype {d!r}; supported: {ALL_DTYPES}")

@@ -1,6 +1,7 @@
 """KernelSpec + loop Variant -> LLVM IR text of one entry point.
 
-Entry point ABI (all arguments are i64 so the ctypes call converts plain Python ints):
+Entry point ABI (every argument is an i64; ctypes passes them as c_void_p, its fastest
+conversion of Python ints):
 
     void kernel(i64 start, i64 stop, i64 out_shift, i64 meta, i64 op_0, ..., i64 op_{K-1})
 
@@ -9,13 +10,14 @@ Entry point ABI (all arguments are i64 so the ctypes call converts plain Python 
   saves ~1.4 us per array of ``arr.ctypes.data`` in Python) or the data pointer itself.
 - ``meta`` points to int64s: ``shape[ndim]`` then, per operand, ``strides[ndim]`` in bytes,
   all in loop order (the caller has broadcast, permuted and collapsed the dimensions).
-- the outermost loop runs over ``[start, stop)``: threads get disjoint slices of it.
+- loop ``Variant.split`` (the outermost one, except for 'accumulate' kernels, where it is a
+  kept loop) runs over ``[start, stop)``: threads get disjoint slices of it.
 - ``out_shift`` is a byte offset added to every output pointer (a thread's slot in the
   partial-results array of a full reduction).
 
-Loop structure (Variant): ``ndim`` loops; for a reduction the first ``n_keep`` are kept
-dimensions and the rest are reduced, the reduction accumulates in registers and stores once per
-kept index. The innermost stride of each operand is specialized at compile time: '0'
+Loop structure (Variant): ``ndim`` loops. 'map' kernels store every element; 'reduce' kernels
+keep the first ``n_keep`` loops, accumulate over the rest in registers and store once per kept
+index; 'accumulate' kernels combine each value into the output in place. The innermost stride of each operand is specialized at compile time: '0'
 (broadcast: loaded once, outside the loop), '1' (unit stride: consecutive, vectorizable) or
 's' (runtime stride). Outer strides are always runtime values.
 
@@ -33,7 +35,7 @@ from typing import Tuple
 from llvmlite import ir
 
 from .jit import PLACEHOLDER
-from .scalar import DTYPES, I1, I64, I8, F64, ScalarEmitter, DType
+from .scalar import DTYPES, I1, I64, I8, ScalarEmitter, DType
 
 # Offset of ``char *data`` in numpy's PyArrayObject (after PyObject_HEAD on a 64-bit, non-debug
 # CPython). kernel.py checks it at import against ``arr.ctypes.data`` and falls back to passing
@@ -46,14 +48,26 @@ VOID = ir.VoidType()
 
 @dataclass(frozen=True)
 class Variant:
+    """How the loops of one kernel are laid out; one compiled function per Variant.
+
+    mode 'map':        elementwise; every loop is an output dimension.
+    mode 'reduce':     loops [0, n_keep) are kept, the rest reduced; accumulation in registers,
+                       one store per kept index (row reductions, full reductions).
+    mode 'accumulate': loops in memory order, the output (stride 0 along reduced loops) is the
+                       accumulator: out = combine(out, value), the caller fills it with the
+                       identity first. Used when the innermost loop is a kept dimension
+                       (column sums), where register accumulation would stride through memory.
+    """
+    mode: str
     ndim: int                          # number of loops (>= 1)
-    n_keep: int                        # leading kept loops; == ndim: no reduction
+    n_keep: int                        # 'reduce' only: number of leading kept loops
     inner: Tuple[str, ...]             # per operand: '0' | '1' | 's' (innermost stride kind)
     pyobj: bool                        # operands are PyArrayObject* (else raw data pointers)
+    split: int = 0                     # the loop that runs over [start, stop)
 
     @property
     def is_reduction(self) -> bool:
-        return self.n_keep < self.ndim
+        return self.mode == "reduce"
 
 
 def reduce_identity(kind: str, dt: DType):
@@ -96,6 +110,10 @@ class _Builder:
         self.module = ir.Module(name="graphc_kernel")
         fnty = ir.FunctionType(VOID, [I64] * (4 + self.nops))
         self.fn = ir.Function(self.module, fnty, name=PLACEHOLDER)
+        names = ["start", "stop", "out_shift", "meta"] + \
+            [f"in{k}" for k in range(self.n_in)] + [f"out{j}" for j in range(len(self.out_dts))]
+        for arg, name in zip(self.fn.args, names):
+            arg.name = name
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.m = ScalarEmitter(self.b)
 
@@ -159,7 +177,7 @@ class _Builder:
                 for k, o in enumerate(offs)]
 
     def bounds(self, d):
-        if d == 0:
+        if d == self.v.split:
             return self.start, self.stop
         return ir.Constant(I64, 0), self.shape[d]
 
@@ -207,6 +225,7 @@ class _Builder:
             return
         rows = self.rows(offs)
         hoisted = {k: self.load(k, rows[k]) for k in range(self.n_in) if self.v.inner[k] == "0"}
+        accumulate = self.v.mode == "accumulate"
 
         def inner(i, _):
             ins = [hoisted[k] if k in hoisted else self.load(k, self.elem_ptr(k, rows[k], i, d))
@@ -214,7 +233,11 @@ class _Builder:
             outs = self.m.emit(self.spec, ins)
             for j, val in enumerate(outs):
                 k = self.n_in + j
-                self.store(k, self.elem_ptr(k, rows[k], i, d), val)
+                ptr = self.elem_ptr(k, rows[k], i, d)
+                if accumulate:
+                    val = self.combine(self.spec.reduce[0], self.load(k, ptr), val,
+                                       self.out_dts[j])
+                self.store(k, ptr, val)
             return []
         self.for_range(lo, hi, ir.Constant(I64, 1), [], inner)
 
@@ -294,7 +317,7 @@ class _Builder:
 
 def build_ir(spec, variant: Variant) -> str:
     """LLVM IR text for ``spec`` under ``variant``; the entry point is named PLACEHOLDER."""
-    if variant.is_reduction and (spec.reduce is None or len(spec.outputs) != 1):
+    if variant.mode != "map" and (spec.reduce is None or len(spec.outputs) != 1):
         raise ValueError("a reduction variant needs a spec with one output and a reduce")
     if len(variant.inner) != len(spec.in_dtypes) + len(spec.outputs):
         raise ValueError("variant.inner needs one stride kind per operand")

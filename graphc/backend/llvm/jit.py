@@ -97,15 +97,25 @@ def target() -> _Target:
         return _state
 
 
+def graphc_flag(name, default):
+    """A graphc.config flag (GRAPHC_FLAGS), or ``default`` when the config is unavailable."""
+    try:
+        from ...configdefaults import config
+        return getattr(config, name)
+    except (ImportError, ValueError, AttributeError):
+        return default
+
+
 # --------------------------------------------------------------------------- cache directory
 def compiledir() -> str:
-    """The cache directory: set_compiledir(), else $GRAPHC_COMPILEDIR, else ~/.cache/graphc."""
+    """The cache directory: set_compiledir(), else $GRAPHC_COMPILEDIR, else the graphc flag
+    ``compiledir`` (GRAPHC_FLAGS=compiledir=...), whose default is ~/.cache/graphc."""
     if _compiledir_override is not None:
         return _compiledir_override
     env = os.environ.get("GRAPHC_COMPILEDIR")
     if env:
         return env
-    return os.path.join(os.path.expanduser("~"), ".cache", "graphc")
+    return graphc_flag("compiledir", os.path.join(os.path.expanduser("~"), ".cache", "graphc"))
 
 
 def set_compiledir(path) -> None:
@@ -141,8 +151,9 @@ def _write_entry(key: str, payload: bytes) -> None:
     d = compiledir()
     try:
         os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".o", dir=d)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=d)
         try:
+            os.chmod(tmp, 0o644)           # mkstemp makes 0600; the cache may be shared
             with os.fdopen(fd, "wb") as f:
                 f.write(_HEADER.pack(_MAGIC, len(payload), hashlib.sha256(payload).digest()))
                 f.write(payload)
@@ -163,7 +174,7 @@ def cache_info() -> dict:
     entries = nbytes = 0
     try:
         for name in os.listdir(d):
-            if name.endswith(".o") and not name.startswith(".tmp-"):
+            if name.endswith(".o"):
                 entries += 1
                 nbytes += os.path.getsize(os.path.join(d, name))
     except OSError:
@@ -172,7 +183,7 @@ def cache_info() -> dict:
 
 
 def clear_cache() -> None:
-    """Remove every cache entry (and stale temporaries) from the compile directory.
+    """Remove every cache entry (and temporaries left by killed writers) from the directory.
 
     Functions already loaded into this process stay loaded (their addresses are in use).
     """
@@ -182,7 +193,7 @@ def clear_cache() -> None:
     except OSError:
         return
     for name in names:
-        if name.endswith(".o"):
+        if name.endswith(".o") or name.endswith(".part"):
             try:
                 os.unlink(os.path.join(d, name))
             except OSError:
@@ -191,9 +202,13 @@ def clear_cache() -> None:
 
 # --------------------------------------------------------------------------- compile + load
 def _debug_enabled(debug) -> bool:
+    """Print IR + assembly? The argument, else $GRAPHC_DEBUG_LLVM, else graphc flag debug >= 2."""
     if debug is not None:
         return bool(debug)
-    return os.environ.get("GRAPHC_DEBUG_LLVM", "") not in ("", "0")
+    env = os.environ.get("GRAPHC_DEBUG_LLVM")
+    if env is not None:
+        return env not in ("", "0")
+    return graphc_flag("debug", 0) >= 2
 
 
 def _compile(t: _Target, ir_text: str, debug: bool, title: str) -> bytes:
