@@ -49,7 +49,7 @@ class FunctionGraph:
     def _import(self, var):
         # walk up only through nodes not yet in the graph: a rewrite that adds a few nodes
         # costs a few steps, not a walk of the whole graph
-        for node in self._new_nodes(var):
+        for node in self.new_nodes(var):
             self.apply_nodes.add(node)
             for o in node.outputs:
                 self._add_var(o)
@@ -58,8 +58,9 @@ class FunctionGraph:
                 self.clients[inp].append((node, i))
         self._add_var(var)
 
-    def _new_nodes(self, var):
-        """Producers of var not in the graph yet, in topological order."""
+    def new_nodes(self, var):
+        """Producers of var not in the graph yet, in topological order (what replacing a
+        variable by var would add)."""
         def known(v):
             return v.owner is None or v.owner in self.apply_nodes or v in self._input_set
         if known(var):

@@ -11,12 +11,12 @@ import numpy as np
 from graphc.graph.basic import Constant
 from graphc.rewriting.engine import C, NodeRule, P, Rule, RuleSet, const_value, fit
 from graphc.tensor import basic as tb
-from graphc.tensor.elemwise import CAReduce, DimShuffle, Elemwise, elemwise
+from graphc.tensor.elemwise import CAReduce, DimShuffle, elemwise
 from graphc.tensor.math import Dot
 from graphc.tensor.scalar_ops import SCALAR
 from graphc.tensor.subtensor import Subtensor
 from graphc.tensor.type import TensorType
-from graphc.tensor.var import constant
+from graphc.tensor.var import TensorConstant, constant
 
 # folding never builds constants much larger than what it started from (alloc/eye/tile)
 FOLD_MAX_GROWTH = 10_000
@@ -80,9 +80,10 @@ def _fold(fgraph, node, b):
         a = np.array(val, dtype=o.type.numpy_dtype)
         if a.ndim != o.ndim or (a.size > FOLD_MAX_GROWTH and a.size > biggest):
             return None
-        c = constant(a)
-        c.tag.exact_shape = True     # the folded value has the runtime shape itself
-        out.append(c)
+        try:        # the constant keeps the type of what it replaces (its broadcasting)
+            out.append(TensorConstant(o.type, a))
+        except TypeError:
+            return None
     return out
 
 
@@ -367,7 +368,7 @@ def _makevector_index(fgraph, node, b):  # [a, b, c][i] -> entry i
 
 
 RULES = RuleSet([
-    NodeRule("constant_folding", _fold),
+    NodeRule("constant_folding", _fold),                                # f(consts) -> const
     Rule("mul_one", P("mul", "x", C(1)), "x"),                          # x*1 -> x
     Rule("add_zero", P("add", "x", C(0)), "x"),                         # x+0 -> x
     Rule("sub_zero", P("sub", "x", C(0)), "x"),                         # x-0 -> x
@@ -392,12 +393,14 @@ RULES = RuleSet([
     Rule("scalar_sink", P(_UNARY + _BINARY + ("second",)), _scalar_sink),  # f(a[None], 2) -> f(a, 2)[None]
     Rule("dimshuffle_noop", P(DimShuffle, "x"), _ds_noop),              # x.dimshuffle(0,1) -> x
     Rule("dimshuffle_merge", P(DimShuffle, P(DimShuffle, "x")), _ds_ds),  # double transpose -> x
-    Rule("dimshuffle_lift", P(DimShuffle, P(_BINARY + _UNARY + ("second",))), _ds_lift),
+    Rule("dimshuffle_lift", P(DimShuffle, P(_BINARY + _UNARY + ("second",))),  # ds(f(a)) -> f(ds a)
+         _ds_lift),
     Rule("reduce_broadcast_axes", P(CAReduce, "x"), _reduce_bcast),     # sum over size-1 dims
-    Rule("reshape_reshape", P(tb.Reshape, P(tb.Reshape, "x", "_"), "_"), _reshape_reshape),
+    Rule("reshape_reshape", P(tb.Reshape, P(tb.Reshape, "x", "_"), "_"),  # reshape(reshape x) -> reshape x
+         _reshape_reshape),
     Rule("reshape_noop", P(tb.Reshape, "_", "_"), _reshape_noop),       # reshape(x, x.shape) -> x
-    Rule("specify_shape_noop", P(tb.SpecifyShape, "x"), _specify_noop),
+    Rule("specify_shape_noop", P(tb.SpecifyShape, "x"), _specify_noop),  # known shape -> x
     Rule("shape_i", P(Subtensor, P(tb.Shape, "_")), _shape_i_rule),     # x.shape[i] of inputs
     Rule("shape", P(tb.Shape, "_"), _shape_rule),                       # shape(f(x)) -> [...]
-    Rule("make_vector_index", P(Subtensor, P(tb.MakeVector)), _makevector_index),
+    Rule("make_vector_index", P(Subtensor, P(tb.MakeVector)), _makevector_index),  # [a, b][1] -> b
 ])

@@ -333,7 +333,7 @@ def replace_pairs(fgraph, pairs, reason, node=None, verbose=False):
         if verbose:
             from graphc.printing import pp
             print(f"rewrite {reason}: {_short(pp(old))}  ->  {_short(pp(new))}")
-        fresh = fgraph._new_nodes(new)
+        fresh = fgraph.new_nodes(new)
         if trace is not None:       # errors in new nodes point at the user's line
             for n in fresh:
                 n.tag.trace = trace

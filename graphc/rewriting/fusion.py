@@ -50,7 +50,8 @@ def _unpadded(v):
 
 
 def _literal(v):
-    if isinstance(v, Constant) and np.size(v.data) == 1:
+    # only a constant typed as broadcastable everywhere: the type decides broadcasting
+    if isinstance(v, Constant) and np.size(v.data) == 1 and all(v.type.broadcastable):
         return ("const", np.asarray(v.data).reshape(-1)[0].item(), v.dtype)
     return None
 

@@ -102,6 +102,7 @@ def make_inplace(fgraph) -> int:
     """Turn ops into their in-place forms where the destroy handler allows it."""
     order = list(fgraph.toposort())
     pos = {n: i for i, n in enumerate(order)}
+    inputs = set(fgraph.inputs)
     destroyed = set()
     constraints = []            # (reader, destroyer)
     renamed = {}
@@ -115,7 +116,7 @@ def make_inplace(fgraph) -> int:
         usable = {}                     # input position -> the readers to order before node
         for j in {j for _, j in pairs}:
             v = node.inputs[j]
-            if v in destroyed or not fresh(v) or v in fgraph._input_set or \
+            if v in destroyed or not fresh(v) or v in inputs or \
                     any(x is v for i, x in enumerate(node.inputs) if i != j):
                 continue
             found = _readers(fgraph, v)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.graph.basic import Constant
 from graphc.rewriting.engine import C, P, Rule, RuleSet, const_value, fit, scalar_of
 from graphc.tensor import math as M
 from graphc.tensor.blas import BLAS_DTYPES, Gemm, Gemv, Ger
@@ -191,13 +190,13 @@ def _float_out(v, b):
 
 
 RULES = RuleSet([
-    Rule("dot_to_gemm", P(Dot, "_", "_"), _dot),
-    Rule("gemm_scale", P("mul", P((Gemm, Gemv), bind="g"), "s"), _scale),
-    Rule("gemm_add", P("add", P((Gemm, Gemv), bind="g"), "z"), _add_z),
-    Rule("gemm_sub", P("sub", "_", "_"), _sub_z),
-    Rule("ger", P(("add", "sub"), "_", "_"), _ger),
-    Rule("mul_self", P("mul", "x", "x"), _sqr),
-    Rule("pow_two", P("pow", "x", C(2)), _sqr),
-    Rule("pow_half", P("pow", "x", C(0.5), when=_float_out), _sqrt),
-    Rule("reciprocal", P("true_div", C(1), "x", when=_float_out), _recip),
+    Rule("dot_to_gemm", P(Dot, "_", "_"), _dot),                     # dot(x.T, y) -> gemm{TN}
+    Rule("gemm_scale", P("mul", P((Gemm, Gemv), bind="g"), "s"), _scale),  # s*gemm -> gemm(a*s)
+    Rule("gemm_add", P("add", P((Gemm, Gemv), bind="g"), "z"), _add_z),  # z + gemm -> gemm(z)
+    Rule("gemm_sub", P("sub", "_", "_"), _sub_z),                    # z - gemm -> gemm(-a, z)
+    Rule("ger", P(("add", "sub"), "_", "_"), _ger),                  # z + outer(a, b) -> ger
+    Rule("mul_self", P("mul", "x", "x"), _sqr),                      # x*x -> sqr(x)
+    Rule("pow_two", P("pow", "x", C(2)), _sqr),                      # x**2 -> sqr(x)
+    Rule("pow_half", P("pow", "x", C(0.5), when=_float_out), _sqrt),  # x**0.5 -> sqrt(x)
+    Rule("reciprocal", P("true_div", C(1), "x", when=_float_out), _recip),  # 1/x -> reciprocal
 ])

@@ -7,8 +7,6 @@ exist before the optimizer runs, so their patterns (softmax grad of ``onehot / s
 """
 from __future__ import annotations
 
-import numpy as np
-
 from graphc.rewriting.canonicalize import same_size
 from graphc.rewriting.engine import C, P, Rule, RuleSet, const_value, fit, fit_or_fill
 from graphc.tensor import basic as tb
@@ -18,7 +16,6 @@ from graphc.tensor.elemwise import CAReduce, DimShuffle, elemwise
 from graphc.tensor.nnet.basic import LogSoftmax, Softmax
 from graphc.tensor.nnet.xent import SoftmaxCrossentropy, SoftmaxCrossentropyGrad
 from graphc.tensor.subtensor import AdvancedSubtensor, IncSubtensor, Subtensor
-from graphc.tensor.var import constant
 
 _XENT_TEMPLATE = (("array",), ("array",))
 
@@ -264,27 +261,31 @@ def _tanh_of(v, b):
 _INDEXED_LSM = P(AdvancedSubtensor, P(LogSoftmax), "_", "_")
 
 RULES = RuleSet([
-    Rule("log_softmax", P("log", P(Softmax, "x", bind="sm")), _log_softmax),
+    Rule("log_softmax", P("log", P(Softmax, "x", bind="sm")), _log_softmax),  # log(sm x) -> lsm x
     Rule("log_indexed_softmax", P("log", P((AdvancedSubtensor, Subtensor),  # log(sm[i]) -> lsm[i]
                                            P(Softmax), ...)), _log_indexed_softmax),
-    Rule("softmax_xent", P("neg", P(AdvancedSubtensor, P(LogSoftmax), "_", "_")), _xent),
+    Rule("softmax_xent", P("neg", P(AdvancedSubtensor, P(LogSoftmax), "_", "_")),  # -lsm[r, y] -> nll
+         _xent),
     Rule("softmax_grad_stable",                                     # sm*(V/sm - sum(V)) -> ...
          P("mul", P("sub", "g", P(DimShuffle, P(CAReduce, "gs", bind="red"))),
            "sm", when=_sm), _softmax_grad),
     Rule("neg_mean_xent", P("neg", P("true_div", P(CAReduce, _INDEXED_LSM, bind="s"), "n")),
          _neg_sum_in),                                              # -mean(lsm[i,y]) -> mean(-..)
-    Rule("neg_sum_xent", P("neg", P(CAReduce, _INDEXED_LSM, bind="s")), _neg_sum_in),
+    Rule("neg_sum_xent", P("neg", P(CAReduce, _INDEXED_LSM, bind="s")),  # -sum(lsm[i,y]) -> sum(-..)
+         _neg_sum_in),
     Rule("xent_grad_fill", P(SoftmaxCrossentropyGrad, P("second", "_", "d"), "_", "_"),
-         _xent_grad_fill),
-    Rule("log_sigmoid", P("log", P("sigmoid", "x")), _log_sigmoid),
-    Rule("one_minus_sigmoid", P("sub", C(1), P("sigmoid", "x")), _one_minus_sigmoid),
+         _xent_grad_fill),                                          # xgrad(fill(x, d)) -> xgrad(d)
+    Rule("log_sigmoid", P("log", P("sigmoid", "x")), _log_sigmoid),  # log(sig x) -> -softplus(-x)
+    Rule("one_minus_sigmoid", P("sub", C(1), P("sigmoid", "x")),  # 1 - sig(x) -> sig(-x)
+         _one_minus_sigmoid),
     Rule("log_one_minus_sigmoid", P("log", P("sub", C(1), P("sigmoid", "x"))),
-         _log_one_minus_sigmoid),
-    Rule("log1p", P("log", P("add", C(1), "x")), _log1p),
-    Rule("expm1", P("sub", P("exp", "x"), C(1)), _expm1),
-    Rule("div_mul_cancel", P("mul", P("true_div", "a", "b"), "b"), _div_mul),
-    Rule("tanh_grad", P("sub", C(1), P(("sqr",), P("tanh", bind="t"))), _tanh_grad),
-    Rule("tanh_grad_mul", P("sub", C(1), P("mul", "t", "t", when=lambda v, b: _tanh_of(b["t"], b))),
+         _log_one_minus_sigmoid),                                   # log(1 - sig x) -> -softplus(x)
+    Rule("log1p", P("log", P("add", C(1), "x")), _log1p),         # log(1 + x) -> log1p(x)
+    Rule("expm1", P("sub", P("exp", "x"), C(1)), _expm1),         # exp(x) - 1 -> expm1(x)
+    Rule("div_mul_cancel", P("mul", P("true_div", "a", "b"), "b"), _div_mul),  # (a/b)*b -> a
+    Rule("tanh_grad", P("sub", C(1), P(("sqr",), P("tanh", bind="t"))),  # 1 - t^2 -> (1-t)(1+t)
          _tanh_grad),
-    Rule("logsumexp", P("log", P(CAReduce, P("exp", "x"))), _logsumexp),
+    Rule("tanh_grad_mul", P("sub", C(1), P("mul", "t", "t", when=lambda v, b: _tanh_of(b["t"], b))),
+         _tanh_grad),                                               # 1 - t*t -> (1-t)(1+t)
+    Rule("logsumexp", P("log", P(CAReduce, P("exp", "x"))), _logsumexp),  # max-shifted lse
 ])

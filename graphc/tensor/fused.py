@@ -21,8 +21,6 @@ taken, so the op has no gradient.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import numpy as np
 
 from graphc.backend.kernel_spec import COMPARISONS, KernelSpec

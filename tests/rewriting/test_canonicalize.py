@@ -1,5 +1,6 @@
 """canonicalize: structural before/after tests of each rule family, values unchanged."""
 import numpy as np
+import pytest
 
 import graphc as theano
 import graphc.tensor as T
@@ -7,7 +8,7 @@ from graphc.printing import Print
 from graphc.tensor.basic import Reshape, Shape
 from graphc.tensor.elemwise import CAReduce, DimShuffle
 
-from helpers import FAST, REF, assert_same, compile_both, count, elemwise_names, ops
+from helpers import FAST, assert_same, compile_both, count, elemwise_names, ops
 
 CANON = FAST.excluding("stabilize", "specialize", "fusion", "inplace")
 
@@ -164,3 +165,17 @@ def test_random_draws_are_neither_merged_nor_folded():
     u, v = f()
     assert not np.allclose(u, v)
     assert not np.allclose(f()[0], u)      # the stream advances between calls
+
+
+def test_folded_constants_keep_the_type_they_replace():
+    from graphc.tensor.elemwise import ShapeError
+    x = T.dvector("x")
+    c = T.unbroadcast(T.constant(np.array([2.0])), 0)    # (1,) but typed as (?)
+    f = theano.function([x], x * T.exp(c), mode=CANON)
+    assert "exp" not in elemwise_names(f)
+    np.testing.assert_allclose(f(np.ones(1)), [np.exp(2.0)])
+    with pytest.raises(ShapeError):         # not broadcastable, as without the optimizer
+        f(np.ones(3))
+    g = theano.function([x], x * T.exp(c), mode=FAST)
+    with pytest.raises(ShapeError):
+        g(np.ones(3))

@@ -72,7 +72,6 @@ def test_compile_speed_10000_node_graph():
 
 
 def mlp_training(sizes=(784, 1024, 1024, 10)):
-    rng = np.random.default_rng(0)
     params = []
     for a, b in zip(sizes[:-1], sizes[1:]):
         params += [theano.shared(np.zeros((a, b), "float32"), name="W"),

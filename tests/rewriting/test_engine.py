@@ -1,6 +1,4 @@
 """The rewrite engine: patterns, dispatch, bounded fixpoint, flags, verbose output."""
-import warnings
-
 import numpy as np
 import pytest
 
@@ -8,7 +6,6 @@ import graphc as theano
 import graphc.tensor as T
 from graphc.graph.fg import FunctionGraph
 from graphc.rewriting.engine import C, P, Rule, RuleSet, RewriteWarning, match, run_rules
-from graphc.tensor.elemwise import Elemwise
 
 from helpers import FAST, elemwise_names
 

@@ -7,7 +7,7 @@ from graphc.graph.basic import Apply, Op
 from graphc.tensor.blas import Gemm
 from graphc.tensor.fused import Fused
 
-from helpers import FAST, REF, assert_same, compile_both
+from helpers import FAST, assert_same, compile_both
 
 
 def destroyers(f):

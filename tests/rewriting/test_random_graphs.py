@@ -84,7 +84,8 @@ def _bounded(v):
 def test_optimized_graphs_compute_the_same_values(data):
     a, b = T.dmatrix("a"), T.dmatrix("b")
     v, s = T.dvector("v"), T.dscalar("s")
-    inputs = [a, b, v, s]
+    c, i = T.fmatrix("c"), T.ivector("i")          # float32 and int operands mix dtypes
+    inputs = [a, b, v, s, c, i]
     pool = list(inputs)
     for _ in range(data.draw(st.integers(1, 10), label="steps")):
         if data.draw(st.booleans(), label="binary"):
@@ -98,19 +99,23 @@ def test_optimized_graphs_compute_the_same_values(data):
         pool.append(_bounded(out) if data.draw(st.booleans(), label="bound") else out)
     outs = pool[len(inputs):][-data.draw(st.integers(1, 3), label="n_out"):]
     if data.draw(st.booleans(), label="grad"):
-        cost = sum(o.sum() for o in outs)
+        cost = sum(T.cast(o.sum(), "float64") for o in outs)
         outs = outs + theano.grad(cost, [a, v], disconnected_inputs="ignore")
     seed = data.draw(st.integers(0, 2 ** 16), label="seed")
     rng = np.random.default_rng(seed)
     args = [rng.uniform(-2, 2, (N, N)), rng.uniform(-2, 2, (N, N)), rng.uniform(-2, 2, N),
-            rng.uniform(-2, 2)]
+            rng.uniform(-2, 2), rng.uniform(-2, 2, (N, N)).astype("float32"),
+            rng.integers(-3, 4, N).astype("int32")]
     f = theano.function(inputs, outs, mode=FAST, on_unused_input="ignore")
     g = theano.function(inputs, outs, mode=REF, on_unused_input="ignore")
     f.maker.fgraph.check()
     got, want = f(*args), g(*args)
+    single = c in theano.graph.basic.ancestors(outs)
     for x, y in zip(got, want):
         assert x.shape == y.shape and x.dtype == y.dtype
-        np.testing.assert_allclose(x, y, rtol=1e-7, atol=1e-9, equal_nan=True)
+        tol = 1e-4 if single else 1e-7      # float32 steps round differently once rewritten
+        np.testing.assert_allclose(x, y, rtol=tol, atol=tol * 1e-2, equal_nan=True)
     # a second call must not see buffers clobbered by the first
     for x, y in zip(f(*args), want):
-        np.testing.assert_allclose(x, y, rtol=1e-7, atol=1e-9, equal_nan=True)
+        tol = 1e-4 if single else 1e-7
+        np.testing.assert_allclose(x, y, rtol=tol, atol=tol * 1e-2, equal_nan=True)

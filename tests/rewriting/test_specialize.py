@@ -8,7 +8,7 @@ from graphc.tensor.blas import Gemm, Gemv, Ger
 from graphc.tensor.elemwise import DimShuffle
 from graphc.tensor.math import Dot
 
-from helpers import FAST, assert_same, compile_both, count, elemwise_names, ops
+from helpers import FAST, assert_same, compile_both, count, elemwise_names
 
 SPEC = FAST.excluding("fusion", "inplace")
 

@@ -83,7 +83,7 @@ class SoftmaxCrossentropy(Op):
     def L_op(self, inputs, outputs, grads):
         from graphc.gradient import disconnected_grad_type
         from graphc.tensor import math as M
-        x, y = inputs[0], inputs[-1]
+        y = inputs[-1]
         nll, sm = outputs
         g_nll, g_sm = grads
         gx = SoftmaxCrossentropyGrad()(g_nll, sm, y)
