@@ -261,6 +261,12 @@ class Function:
         self._names = {i.name: k for k, i in enumerate(ins) if i.name is not None}
         self._types = [i.variable.type for i in ins]
         self._copy = _outputs_needing_copy(fgraph, n_in)
+        # per input: the (dtype, ndim) an array may have to skip conversion, if its type
+        # constrains no size (the common case); None means always go through filter()
+        self._fast = [(t.numpy_dtype, t.ndim) if all(s is None for s in t.shape) else None
+                      for t in self._types]
+        # numpy's floating-point warnings are silenced only when numpy runs some node
+        self._errstate = getattr(self._run, "uses_numpy", True)
         self.trust_input = False
 
     @property
@@ -284,7 +290,8 @@ class Function:
             raise TypeError(f"Bad input argument {label!r} (position {k}) to function "
                             f"{self.name or ''}: {e}") from None
 
-    def __call__(self, *args, **kwargs):
+    def _bind(self, args, kwargs):
+        """Positional + keyword arguments + defaults -> one value per input, or TypeError."""
         n_in = len(self.input_specs)
         if len(args) > n_in:
             raise TypeError(f"function {self.name or ''} takes {n_in} inputs, got {len(args)}")
@@ -304,28 +311,45 @@ class Function:
                     raise TypeError(f"missing argument {spec.name or spec.variable!s} (position {k}) "
                                     f"to function {self.name or ''}")
                 values[k] = spec.value
-            self._in_cells[k][0] = self._convert(k, values[k])
+        return values
+
+    def __call__(self, *args, **kwargs):
+        if kwargs or len(args) != len(self._in_cells):
+            args = self._bind(args, kwargs)
+        fast = self._fast
+        for k, v in enumerate(args):
+            f = fast[k]
+            if f is None or type(v) is not np.ndarray or v.dtype != f[0] or v.ndim != f[1]:
+                v = self._convert(k, v)
+            self._in_cells[k][0] = v
         for cell, container in self._shared_cells:
             cell[0] = container[0]
-        with np.errstate(all="ignore"):
-            self._run()
+        try:
+            if self._errstate:
+                with np.errstate(all="ignore"):
+                    self._run()
+            else:
+                self._run()
+            results = [c[0] for c in self._out_cells]
+        finally:
+            for cell in self._in_cells:     # don't keep the caller's arrays alive
+                cell[0] = None
         if self.profile is not None:
             self.profile.calls += 1
-        results = [c[0] for c in self._out_cells]
         for k in self._copy:
             results[k] = np.array(results[k], copy=True)
         # updates last, all together: a call that raised above changed nothing
-        for var, val in zip(self.update_targets, results[self.n_out:]):
-            var.container[0] = val
-        outs = results[:self.n_out]
-        for k in range(self.n_out):
-            if not isinstance(outs[k], np.ndarray):
-                outs[k] = np.asarray(outs[k])
-        for cell in self._in_cells:
-            cell[0] = None
+        n_out = self.n_out
+        if self.update_targets:
+            for var, val in zip(self.update_targets, results[n_out:]):
+                var.container[0] = val
+            del results[n_out:]
+        for k, r in enumerate(results):
+            if type(r) is not np.ndarray:
+                results[k] = np.asarray(r)
         if self.single:
-            return outs[0]
-        return outs
+            return results[0]
+        return results
 
 
 _MISSING = object()

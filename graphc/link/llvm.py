@@ -22,8 +22,22 @@ from graphc.backend.kernel_spec import DTYPES
 from graphc.configdefaults import config
 from graphc.graph.basic import Constant
 from graphc.link.py import node_error
-from graphc.tensor.blas import Gemm
+from graphc.tensor.blas import Gemm, _check_z
+from graphc.tensor.elemwise import Elemwise, describe_values, shape_error
 from graphc.tensor.fused import Fused
+
+
+def _aliased_inputs(node, k) -> list:
+    """Positions of the inputs whose buffer output ``k`` of ``node`` may share: declared
+    views, inputs taken over in place, and the value input of Elemwise identity/second,
+    whose numpy perform returns that input (or a broadcast view of it) without declaring
+    a view_map."""
+    op = node.op
+    pos = list((getattr(op, "view_map", None) or {}).get(k, ()))
+    pos += (getattr(op, "destroy_map", None) or {}).get(k, ())
+    if isinstance(op, Elemwise) and op.scalar_op.name in ("identity", "second"):
+        pos.append(len(node.inputs) - 1)
+    return pos
 
 
 def _escaping(fgraph) -> set:
@@ -36,12 +50,8 @@ def _escaping(fgraph) -> set:
         if v in out:
             continue
         out.add(v)
-        node = v.owner
-        if node is None:
-            continue
-        for m in (getattr(node.op, "view_map", None) or {}, getattr(node.op, "destroy_map", None) or {}):
-            for j in m.get(v.index, ()):
-                stack.append(node.inputs[j])
+        if v.owner is not None:
+            stack.extend(v.owner.inputs[j] for j in _aliased_inputs(v.owner, v.index))
     return out
 
 
@@ -113,17 +123,22 @@ def _gemm_step(node, ins, outs, reuse) -> Callable:
     dtype = node.outputs[0].type.numpy_dtype
     bufs = _Buffers(1, reuse)
     ta, tb, has_z, inplace = op.trans_a, op.trans_b, op.has_z, op.inplace
+    trace = getattr(node.tag, "trace", [])
     out = outs[0]
 
     def step():
         x, y, alpha = ins[0][0], ins[1][0], ins[2][0]
         m = x.shape[1] if ta else x.shape[0]
         n = y.shape[0] if tb else y.shape[1]
-        if (x.shape[0] if ta else x.shape[1]) != (y.shape[1] if tb else y.shape[0]):
-            raise ValueError(f"inner dimensions differ: {x.shape}{'.T' if ta else ''} x "
-                             f"{y.shape}{'.T' if tb else ''}")
+        k1, k2 = (x.shape[0] if ta else x.shape[1]), (y.shape[1] if tb else y.shape[0])
+        if k1 != k2:
+            raise shape_error(op, describe_values([x.T if ta else x, y.T if tb else y]),
+                              f"inner dimensions differ ({k1} vs {k2})", trace)
         if has_z:
             z, beta = ins[3][0], ins[4][0]
+            # Theano's rule, as in Gemm.perform: z broadcasts only where its type says so
+            # (a plain ``c[...] = z`` would also stretch a size-1 dimension of a matrix)
+            _check_z(op, node, z, (m, n))
             if inplace and z.shape == (m, n) and z.flags.c_contiguous and z.flags.writeable:
                 c = z
             else:
@@ -144,12 +159,19 @@ STEP_MAKERS: Dict[type, Callable] = {
 }
 
 
-def _perform_step(node, ins, outs):
-    perform = node.op.perform
+class _PerformStep:
+    """Run the op's numpy reference (ops without a native kernel)."""
 
-    def step():
-        perform(node, [c[0] for c in ins], outs)
-    return step
+    __slots__ = ("perform", "node", "ins", "outs")
+
+    def __init__(self, node, ins, outs):
+        self.perform, self.node, self.ins, self.outs = node.op.perform, node, ins, outs
+
+    def __call__(self):
+        self.perform(self.node, [c[0] for c in self.ins], self.outs)
+
+
+_perform_step = _PerformStep
 
 
 class LLVMLinker:
@@ -186,6 +208,7 @@ class LLVMLinker:
                 step = _perform_step(node, ins, outs)
             steps.append((step, node, ins))
 
+        uses_numpy = any(isinstance(step, _PerformStep) for step, _, _ in steps)
         if profile is None:
             def run():
                 for step, node, ins in steps:
@@ -202,4 +225,5 @@ class LLVMLinker:
                     except Exception as e:
                         raise node_error(node, [c[0] for c in ins], e) from e
                     profile.add(node, time.perf_counter() - t0)
+        run.uses_numpy = uses_numpy          # Function silences numpy warnings only then
         return storage, run
