@@ -278,9 +278,9 @@ class Function:
         t = self._types[k]
         if self.trust_input:
             return value
-        if isinstance(value, np.ndarray) and value.dtype == t.numpy_dtype and value.ndim == t.ndim \
+        if type(value) is np.ndarray and value.dtype == t.numpy_dtype and value.ndim == t.ndim \
                 and all(s is None for s in t.shape):
-            return value
+            return value        # subclasses (np.matrix) go through filter(), which drops them
         allow = spec.allow_downcast if spec.allow_downcast is not None else \
             self.allow_input_downcast
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.graph.basic import Constant
-from graphc.rewriting.engine import C, NodeRule, P, Rule, RuleSet, const_value, fit
+from graphc.rewriting.engine import C, NodeRule, P, Rule, RuleSet, const_value, fit, in_dtype_of
 from graphc.tensor import basic as tb
 from graphc.tensor.elemwise import CAReduce, DimShuffle, elemwise
 from graphc.tensor.math import Dot
@@ -93,16 +93,26 @@ def _zeros(fgraph, node, b):
     return tb.second(b["x"], constant(np.zeros((), dtype=out.dtype)))
 
 
+def _neg_is_exact(node, y) -> bool:
+    """Is neg(y), computed in y's dtype, the same as in node's output dtype?  Always for
+    floats; for ints only in the same dtype (int8: -(-128) wraps to -128; uint8 wraps all)."""
+    return y.dtype == node.outputs[0].dtype or y.dtype.startswith("float")
+
+
 def _add_neg(fgraph, node, b):          # x + neg(y) -> x - y
+    if not _neg_is_exact(node, b["y"]):
+        return None
     return elemwise("sub")(b["x"], b["y"])
 
 
 def _sub_neg(fgraph, node, b):          # x - neg(y) -> x + y
+    if not _neg_is_exact(node, b["y"]):
+        return None
     return elemwise("add")(b["x"], b["y"])
 
 
 def _neg(fgraph, node, b):              # x * -1 -> neg(x)
-    return elemwise("neg")(b["x"])
+    return elemwise("neg")(in_dtype_of(node, b["x"]))
 
 
 def _neg_const_factor(fgraph, node, b):  # -(c * x) -> (-c) * x; -(c / x) -> (-c) / x
@@ -111,6 +121,8 @@ def _neg_const_factor(fgraph, node, b):  # -(c * x) -> (-c) * x; -(c / x) -> (-c
     v = const_value(c)
     if v is None or c.dtype[0] not in "fi" or any(s is None for s in c.type.shape):
         return None
+    if c.dtype[0] == "i" and not np.iinfo(c.dtype).min <= -v <= np.iinfo(c.dtype).max:
+        return None                     # -int8(-128) does not fit: (-c) would wrap
     neg_c = constant(np.full(c.type.shape, -v, dtype=c.dtype))
     return fit(node.outputs[0], inner.op(neg_c, x))
 

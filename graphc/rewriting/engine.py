@@ -377,6 +377,15 @@ def fit(old: Variable, new: Variable) -> Optional[Variable]:
     return new
 
 
+def in_dtype_of(node, x: Variable) -> Variable:
+    """x cast to the output dtype of ``node``, so that a rewrite computes in the dtype the
+    node it replaces computed in (uint8 * -1 is int16 [-1, -2]: neg in uint8 then a cast
+    would give [255, 254]).  fit() only casts the result, which is too late for ints."""
+    from graphc.tensor.basic import cast
+    dtype = node.outputs[0].dtype
+    return x if x.dtype == dtype else cast(x, dtype)
+
+
 def fit_or_fill(old: Variable, new: Variable, shape_refs=()) -> Optional[Variable]:
     """fit(old, new), or when new is smaller (broadcast), new filled to the shape of one of
     ``shape_refs`` (an operand of the replaced node that gives it its shape)."""

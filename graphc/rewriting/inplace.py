@@ -27,8 +27,9 @@ from graphc.tensor.nnet.basic import Softmax
 from graphc.tensor.nnet.xent import SoftmaxCrossentropy, SoftmaxCrossentropyGrad
 from graphc.tensor.subtensor import IncSubtensor
 
-# ops whose outputs are always new, writable arrays owned by nobody else
-_FRESH = (Fused, Gemm, Gemv, Ger, Dot, CAReduce, Softmax, SoftmaxCrossentropy,
+# ops whose outputs are always new, writable arrays owned by nobody else (Elemwise copies
+# where numpy would return its input or a view: identity, second, rounding an int)
+_FRESH = (Elemwise, Fused, Gemm, Gemv, Ger, Dot, CAReduce, Softmax, SoftmaxCrossentropy,
           SoftmaxCrossentropyGrad, tb.Alloc, tb.Join, IncSubtensor)
 
 
@@ -37,8 +38,6 @@ def fresh(v) -> bool:
     if n is None or isinstance(v, Constant):
         return False
     op = n.op
-    if type(op) is Elemwise:            # identity and second return (views of) their inputs
-        return op.scalar_op.name not in ("identity", "second")
     return isinstance(op, _FRESH) and not (getattr(op, "view_map", None) or {}).get(v.index)
 
 

@@ -30,6 +30,7 @@ def optimize(fgraph, mode):
             ("canonicalize", _rules(canon, "canonicalize")),
             ("merge", _plain(canonicalize.merge)),
             ("scan_prune", _plain(_prune_scans)),
+            ("scan_pushout", _plain(_pushout_scans)),
             ("stabilize", _rules(stabilize.RULES, "stabilize", followup=canon)),
             ("specialize", _rules(specialize.RULES, "specialize", followup=canon)),
             ("merge", _plain(canonicalize.merge)),
@@ -85,6 +86,12 @@ def _prune_scans(fgraph):
     except ImportError:     # pragma: no cover - a build without scan
         return
     prune_scans(fgraph)
+
+
+def _pushout_scans(fgraph):
+    """Hoist loop-invariant matrix products out of scans (graphc.scan_module.rewrites)."""
+    from graphc.scan_module.rewrites import pushout_scans
+    pushout_scans(fgraph)
 
 
 def _check(fgraph, after):

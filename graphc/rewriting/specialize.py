@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.rewriting.engine import C, P, Rule, RuleSet, const_value, fit, scalar_of
+from graphc.rewriting.engine import C, P, Rule, RuleSet, const_value, fit, in_dtype_of, scalar_of
 from graphc.tensor import math as M
 from graphc.tensor.blas import BLAS_DTYPES, Gemm, Gemv, Ger
 from graphc.tensor.elemwise import DimShuffle
@@ -105,9 +105,15 @@ def _full(z, out):
         z.type.broadcastable == out.type.broadcastable
 
 
+def _bare_as(fgraph, v, out):
+    """_bare(v), when the product is computed in out's dtype (not float32 + float64 z)."""
+    n = _bare(fgraph, v)
+    return n if n is not None and n.outputs[0].dtype == out.dtype else None
+
+
 def _add_z(fgraph, node, b):            # z + gemm(x, y, a) -> gemm(x, y, a, z, 1)
     out = node.outputs[0]
-    n, z = _bare(fgraph, b["g"]), b["z"]
+    n, z = _bare_as(fgraph, b["g"], out), b["z"]
     if n is None or not _full(z, out):
         return None
     return _rebuild(n, n.inputs[2], z, _one(out.dtype))
@@ -116,10 +122,10 @@ def _add_z(fgraph, node, b):            # z + gemm(x, y, a) -> gemm(x, y, a, z, 
 def _sub_z(fgraph, node, b):            # z - gemm(x, y, a) -> gemm(x, y, -a, z, 1)
     out = node.outputs[0]
     z, g = node.inputs
-    n = _bare(fgraph, g)
+    n = _bare_as(fgraph, g, out)
     if n is not None and _full(z, out):
         return _rebuild(n, _neg(n.inputs[2]), z, _one(out.dtype))
-    n = _bare(fgraph, z)                # gemm - z -> gemm(x, y, a, z, -1)
+    n = _bare_as(fgraph, z, out)        # gemm - z -> gemm(x, y, a, z, -1)
     if n is not None and _full(g, out):
         return _rebuild(n, n.inputs[2], g, _neg(_one(out.dtype)))
     return None
@@ -171,7 +177,8 @@ def _ger(fgraph, node, b):              # z + a outer b -> ger(z, 1, a, b)
 
 
 def _sqr(fgraph, node, b):              # x * x -> sqr(x); x ** 2 -> sqr(x)
-    return fit(node.outputs[0], M.sqr(b["x"]))
+    # in the dtype of the product: int8 ** int64(2) is int64 (100 ** 2 = 10000, not 16)
+    return fit(node.outputs[0], M.sqr(in_dtype_of(node, b["x"])))
 
 
 def _sqrt(fgraph, node, b):             # x ** 0.5 -> sqrt(x)

@@ -41,6 +41,9 @@ def _weak(v) -> bool:
 
 
 _BITWISE = frozenset({"and", "or", "xor", "invert"})
+# numpy has no bool loop for these (``-b``, ``b - b``, ``sign(b)``): rejected when built,
+# with what to write instead
+_NO_BOOL = {"neg": "~x (invert)", "sub": "x ^ y (xor)", "sgn": "x itself"}
 
 
 def _fit_weak_ints(dtype, weak):
@@ -94,6 +97,11 @@ class Elemwise(Op):
         if self.scalar_op.name in _BITWISE and any(is_float(x.dtype) for x in inputs):
             raise TypeError(f"{self}: bitwise ops take int or bool inputs, got {describe(inputs)}"
                             f"\n  created at:\n{format_trace(user_trace())}")
+        if self.scalar_op.name in _NO_BOOL and all(x.dtype == "bool" for x in inputs):
+            raise TypeError(f"{self}: not defined on bool tensors (inputs: {describe(inputs)}"
+                            f"); use {_NO_BOOL[self.scalar_op.name]}, or cast to an int dtype "
+                            f"first"
+                            f"\n  created at:\n{format_trace(user_trace())}")
         nd = max(x.ndim for x in inputs)
         inputs = [x if x.ndim == nd else x.dimshuffle(["x"] * (nd - x.ndim) + list(range(x.ndim)))
                   for x in inputs]
@@ -131,6 +139,11 @@ class Elemwise(Op):
             r = np.asarray(r)
             if r.dtype != out_dt:
                 r = r.astype(out_dt)
+            elif not (r.flags.owndata and r.flags.writeable) or any(r is x for x in inputs):
+                # identity returns its input, second a read-only broadcast view, rounding
+                # an int its input: copy, so every Elemwise output is a new writable array
+                # (as in Theano and Fused) and no view_map is needed
+                r = r.copy()
         output_storage[0][0] = r
 
     def infer_shape(self, node, shapes):
@@ -147,8 +160,9 @@ class Elemwise(Op):
     def L_op(self, inputs, outputs, output_grads):
         from graphc.tensor.basic import sum_to_broadcast
         rule = self.scalar_op.grad
-        if self.scalar_op.name in scalar_ops.NON_DIFFERENTIABLE:
-            grads = [None] * len(inputs)
+        if self.scalar_op.name in scalar_ops.NON_DIFFERENTIABLE or \
+                not any(is_float(x.dtype) for x in inputs):
+            grads = [None] * len(inputs)    # all zero (and rules like abs's sgn need floats)
         else:
             grads = rule(inputs, outputs[0], output_grads[0])
         result = []

@@ -107,7 +107,9 @@ class TensorType(Type):
     def filter(self, data, strict=False, allow_downcast=None):
         """Check/convert a runtime value to this type; raise TypeError when it cannot."""
         if isinstance(data, np.ndarray) and data.dtype == self.numpy_dtype:
-            arr = data
+            # a subclass becomes a plain ndarray (no copy): np.matrix would keep its 2-d
+            # semantics inside ops (sum over an axis of a matrix is still a matrix)
+            arr = data if type(data) is np.ndarray else np.asarray(data)
         elif strict:
             raise TypeError(f"expected a numpy array of dtype {self.dtype}, got "
                             f"{type(data).__name__}{getattr(data, 'dtype', '')}")

@@ -134,11 +134,9 @@ def test_in_place_kernels_spare_inputs_and_shared_values(rng):
 
 @pytest.mark.parametrize("mode", [pytest.param(NATIVE, id="native"), pytest.param(
     graphc.Mode(linker="py", optimizer="fast_run"), id="py-fast_run")])
-@pytest.mark.xfail(strict=True, reason="rewriting/inplace.py: the destroy handler follows "
-                   "view_map only, but Elemwise{second} returns a broadcast view of its input "
-                   "without one, so tanh(v)*2 is made in place on v while a view of v (through "
-                   "second, then Subtensor) is read later")
 def test_in_place_waits_for_readers_of_views_through_second(mode, rng):
+    """Elemwise{second} once returned a broadcast view of v with no view_map, so tanh(v)*2
+    went in place on v before w[0] was read; its output is now a new array."""
     x = T.TensorType("float16", shape=(None, None, None))("x")   # second stays unfused
     y = T.fmatrix("y")
     v = T.dot(y, y.T)                        # fresh (Gemm)
@@ -370,11 +368,7 @@ def test_outputs_alias_no_input_and_no_other_output(rng):
 
 
 @pytest.mark.parametrize("mode", [
-    pytest.param(NATIVE, id="native"),
-    pytest.param(REFERENCE, id="reference", marks=pytest.mark.xfail(
-        strict=True, reason="Elemwise identity/second perform returns its input (or a "
-        "read-only broadcast view of it) with no view_map, so graphc.function neither copies "
-        "it nor sees the alias: tensor_copy(x) returns the caller's x itself"))])
+    pytest.param(NATIVE, id="native"), pytest.param(REFERENCE, id="reference")])
 def test_tensor_copy_and_fill_return_fresh_arrays(mode):
     x = T.dmatrix("x")
     r = T.drow("r")
@@ -387,10 +381,6 @@ def test_tensor_copy_and_fill_return_fresh_arrays(mode):
 
 @pytest.mark.parametrize("mode", [
     pytest.param(NATIVE, id="native"), pytest.param(REFERENCE, id="reference")])
-@pytest.mark.xfail(strict=True, reason="Function._convert passes ndarray subclasses through "
-                   "unchanged (isinstance, where Theano's filter converts anything but an exact "
-                   "ndarray), so np.matrix semantics leak in: sum(x, axis=0) of a matrix input "
-                   "returns a 2-d (1, n) value for a vector-typed output")
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
 def test_ndarray_subclass_inputs_are_plain_arrays_inside(mode):
     x = T.dmatrix("x")
