@@ -84,11 +84,15 @@ class TorchFW:
         except RuntimeError:
             pass
         self.dev = "cpu"
+        notes = ["inductor backend, default mode" if self.compiled else "eager"]
         if device == "gpu":
             if not torch.cuda.is_available():
                 raise Skip("torch finds no CUDA device")
             self.dev = "cuda"
-        notes = ["inductor backend, default mode" if self.compiled else "eager"]
+            # full float32 like every other column (cuDNN convolutions default to TF32)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            notes.append("TF32 off (matmul and cuDNN)")
         return {"version": torch.__version__, "threads": torch.get_num_threads(),
                 "interop_threads": torch.get_num_interop_threads(), "device": self.dev,
                 "notes": notes}
@@ -115,11 +119,15 @@ class JaxFW:
         import jax.numpy as jnp
         self.jax, self.jnp = jax, jnp
         backend = jax.default_backend()
-        if device == "gpu" and backend != "gpu":
-            raise Skip(f"jax backend is {backend}, not gpu")
-        return {"version": jax.__version__, "backend": backend,
-                "threads": threads, "notes": [f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-                                              "threads bounded by CPU affinity"]}
+        notes = [f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, threads bounded by CPU affinity"]
+        if device == "gpu":
+            if backend != "gpu":
+                raise Skip(f"jax backend is {backend}, not gpu")
+            # full float32 like every other column (XLA's default GPU matmul precision is TF32)
+            jax.config.update("jax_default_matmul_precision", "highest")
+            notes.append("matmul precision 'highest' (no TF32)")
+        return {"version": jax.__version__, "backend": backend, "threads": threads,
+                "notes": notes}
 
     def asarray(self, a):
         return self.jnp.array(a, copy=True)
@@ -196,7 +204,8 @@ class GraphcNN:
 
 
 class PyTensorNN:
-    """PyTensor 2.x/3.x dropped ``tensor.nnet`` and NN convolutions: same maths from its primitives."""
+    """PyTensor 2.x/3.x dropped ``tensor.nnet`` and NN convolutions: the same maths from its
+    primitives."""
 
     def __init__(self, th, T):
         self.T = T

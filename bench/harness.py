@@ -1,6 +1,6 @@
 """The shared harness: subprocess runner (parent side), timing and checking (worker side).
 
-Parent                                            Worker (``python -m bench.harness``, one per framework)
+Parent                                            Worker (``python -m bench.harness``, one each)
   write float64 references to refdir/<w>.npz  ->    pin CPUs, set threads, import the framework
   run_framework(): spawn, follow its JSONL    <-    per workload: build + first call (timed),
   log, restart after a crash, kill on timeout        check vs the reference, then median timing
@@ -25,7 +25,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "GRAPHC_NUM_THREADS")
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -93,7 +93,8 @@ def run_framework(fw: str, workloads: list, opts: dict, workdir: Path, cache: st
                "--workloads", ",".join(remaining), "--device", opts["device"],
                "--threads", str(opts["threads"]), "--reps", str(opts["reps"]),
                "--warmup", str(opts["warmup"]), "--min-rep-s", str(opts["min_rep_s"]),
-               "--max-s", str(opts["max_s"]), "--min-reps", str(opts["min_reps"]), "--refdir", str(opts["refdir"]), "--out", str(log)]
+               "--max-s", str(opts["max_s"]), "--min-reps", str(opts["min_reps"]),
+               "--refdir", str(opts["refdir"]), "--out", str(log)]
         if first_call_only:
             cmd.append("--first-call-only")
         if budget_s is not None:
@@ -190,10 +191,10 @@ def time_steps(step, sync, reps: int, warmup: int, min_rep_s: float, max_s: floa
                min_reps: int = 3, first_s: float | None = None) -> dict:
     """Median seconds per call: warm-up calls, then ``reps`` timed batches of ``inner`` calls
     (enough calls that one batch lasts ``min_rep_s``); stops early after ``max_s`` once
-    ``min_reps`` batches are timed. ``warmup=0`` still warms up once unless the first call
-    (``first_s``, already made) was slower than ``max_s``."""
+    ``min_reps`` batches are timed. ``warmup=0`` (--quick) still warms up once unless the first
+    call (``first_s``, already made) took over a third of ``max_s``."""
     t = first_s or 0.0
-    if warmup == 0 and (first_s is None or first_s < max_s):
+    if warmup == 0 and (first_s is None or first_s < max_s / 3):
         warmup = 1
     for _ in range(warmup):
         t0 = time.perf_counter()
@@ -260,7 +261,8 @@ def run_workload(w, fw, args, emit):
 def worker_main(argv=None):
     from . import frameworks
     from .workloads import by_name
-    p = argparse.ArgumentParser(prog="python -m bench.harness", description="one framework's worker")
+    p = argparse.ArgumentParser(prog="python -m bench.harness",
+                                description="one framework's worker")
     p.add_argument("--framework", required=True, choices=frameworks.FRAMEWORKS)
     p.add_argument("--workloads", required=True)
     p.add_argument("--device", default="cpu")

@@ -78,8 +78,8 @@ def machine_info() -> dict:
             "memory_gib": round(mem, 1) if mem else None, "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__}
     try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
         if gpu.returncode == 0 and gpu.stdout.strip():
             info["gpu"] = gpu.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -135,7 +135,8 @@ def cpu_limits(threads: int, reps: int) -> dict:
     try:
         engine, copy, triad = _llvm_loops()
         t_copy = min(_parallel(copy, (a, b), (), STREAM_N, threads) for _ in range(reps + 1))
-        t_triad = min(_parallel(triad, (a, b, c), (3.0,), STREAM_N, threads) for _ in range(reps + 1))
+        t_triad = min(_parallel(triad, (a, b, c), (3.0,), STREAM_N, threads)
+                      for _ in range(reps + 1))
         out["bandwidth_method"] = f"LLVM-compiled loop on {threads} threads (llvmlite)"
         del engine
     except Exception as exc:       # no llvmlite, or an API change: numpy, one thread
@@ -144,7 +145,8 @@ def cpu_limits(threads: int, reps: int) -> dict:
             np.add(a, b, out=a)
         t_copy = min(_timed(lambda: np.copyto(a, b)) for _ in range(reps + 1))
         t_triad = min(_timed(np_triad) for _ in range(reps + 1))
-        out["bandwidth_method"] = f"numpy, one thread, triad in two passes ({exc.__class__.__name__})"
+        out["bandwidth_method"] = (f"numpy, one thread, triad in two passes "
+                                   f"({exc.__class__.__name__})")
     out["copy_GBps"] = 2 * nbytes / t_copy / 1e9       # STREAM counting: read + write
     out["triad_GBps"] = 3 * nbytes / t_triad / 1e9
     x = np.random.default_rng(0).standard_normal((GEMM_N, GEMM_N)).astype(np.float32)
@@ -155,25 +157,41 @@ def cpu_limits(threads: int, reps: int) -> dict:
 
 
 def gpu_limits(reps: int) -> dict:
-    import cupy as cp
-    a = cp.ones(2 ** 28, cp.float32)
-    b = cp.empty_like(a)
-    x = cp.random.standard_normal((8192, 8192), dtype=cp.float32)
+    """Device copy bandwidth (1 GiB) and float32 GEMM peak (8192^2): CuPy, else PyTorch."""
+    try:
+        import cupy as cp
+        a = cp.ones(2 ** 28, cp.float32)
+        b, x = cp.empty_like(a), cp.random.standard_normal((8192, 8192), dtype=cp.float32)
+        copy, gemm, lib = (lambda: cp.copyto(b, a)), (lambda: x @ x), "cupy (cuBLAS)"
+        event, name = cp.cuda.Event, cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+
+        def elapsed(start, end):
+            return cp.cuda.get_elapsed_time(start, end) / 1e3
+    except ImportError:
+        import torch
+        torch.backends.cuda.matmul.allow_tf32 = False
+        a = torch.ones(2 ** 28, device="cuda")
+        b, x = torch.empty_like(a), torch.randn(8192, 8192, device="cuda")
+        copy, gemm, lib = (lambda: b.copy_(a)), (lambda: x @ x), "torch (cuBLAS, no TF32)"
+        event, name = (lambda: torch.cuda.Event(enable_timing=True)), torch.cuda.get_device_name()
+
+        def elapsed(start, end):
+            return start.elapsed_time(end) / 1e3
 
     def timed(fn):
         fn()
-        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start, end = event(), event()
         start.record()
         fn()
         end.record()
         end.synchronize()
-        return cp.cuda.get_elapsed_time(start, end) / 1e3
-    t_copy = min(timed(lambda: cp.copyto(b, a)) for _ in range(reps + 1))
-    t_gemm = min(timed(lambda: x @ x) for _ in range(reps + 1))
-    return {"copy_GBps": 2 * a.nbytes / t_copy / 1e9, "sgemm_GFLOPs": 2 * 8192 ** 3 / t_gemm / 1e9,
-            "bandwidth_method": "cupy device-to-device copy, 1 GiB",
-            "sgemm_method": "cupy (cuBLAS) float32 matmul 8192^2",
-            "device": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
+        return elapsed(start, end)
+    t_copy = min(timed(copy) for _ in range(reps + 1))
+    t_gemm = min(timed(gemm) for _ in range(reps + 1))
+    return {"copy_GBps": 2 * 4 * 2 ** 28 / t_copy / 1e9,
+            "sgemm_GFLOPs": 2 * 8192 ** 3 / t_gemm / 1e9,
+            "bandwidth_method": f"{lib} device-to-device copy, 1 GiB",
+            "sgemm_method": f"{lib} float32 matmul 8192^2", "device": name}
 
 
 def _timed(fn) -> float:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from .frameworks import FRAMEWORKS, PEERS
@@ -85,39 +86,59 @@ def ratios(results: dict) -> dict:
 
 
 def markdown(record: dict) -> str:
-    fws = record["frameworks"]
-    cols = [fw for fw in FRAMEWORKS]
-    lines = []
-    m = record["machine"]
-    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores ({m['usable_cpus']} usable), "
-                 f"{m.get('memory_gib')} GiB; Python {m['python']}; device={record['device']}; "
-                 f"threads={record['threads']} for every framework.")
+    """The whole report: header, main table, notes, compile table, models."""
+    lines = _header(record)
+    if record["workloads"]:
+        lines += [""] + _main_table(record)
+    notes = _notes(record)
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    if record.get("compile"):
+        lines += [""] + _compile_table(record)
+    models = record.get("models")
+    if models is not None:
+        lines.append("")
+        if not models.get("found"):
+            lines.append("models: no models yet (add models/<name>/bench_step.py, see "
+                         "docs/benchmarks.md).")
+        else:
+            lines += ["| model | graphc per step / first call | description |", "|---|---|---|"]
+            for name, r in models["results"].items():
+                lines.append(f"| {name} | {cell(r, {})} | {r.get('description', '')} |")
+    return "\n".join(lines)
+
+
+def _header(record) -> list:
+    fws, m = record["frameworks"], record["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores ({m['usable_cpus']} usable), "
+             f"{m.get('memory_gib')} GiB; Python {m['python']}; device={record['device']}; "
+             f"threads={record['threads']} for every framework."]
     if m.get("loadavg_start"):
         lines.append(f"Load average (1 min) at start {m['loadavg_start'][0]:.2f}, at end "
                      f"{m.get('loadavg_end', [float('nan')])[0]:.2f}.")
-    vers = ", ".join(f"{fw} {fws[fw].get('version', '?')}" for fw in cols
+    vers = ", ".join(f"{fw} {fws[fw].get('version', '?')}" for fw in FRAMEWORKS
                      if fws[fw].get("status") == "ok")
-    lines.append(f"Versions: {vers}.")
-    lim = record.get("limits") or {}
-    for dev, l in lim.items():
-        if isinstance(l, dict) and "error" in l:
-            lines.append(f"Limits ({dev}): not measured: {l['error']}")
-        if isinstance(l, dict) and "copy_GBps" in l:
-            lines.append(f"Limits ({dev}): copy {l['copy_GBps']:.1f} GB/s, "
-                         f"triad {l.get('triad_GBps', float('nan')):.1f} GB/s "
-                         f"({l['bandwidth_method']}); sgemm {l['sgemm_GFLOPs']:.0f} GFLOP/s "
-                         f"({l['sgemm_method']}).")
-    lines.append("")
-    lines.append("Each cell: steady-state median per call / first call (build + compile + run). "
-                 "Ratios: graphc time / fastest peer that passed the check (< 1: graphc faster).")
-    lines.append("")
-    head = ["workload"] + cols + ["graphc/best", "graphc/best 1st call", "graphc rate", "bound"]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join(["---"] * len(head)) + "|")
-    notes = []
+    lines.append(f"Versions: {vers or 'none ran'}.")
+    for dev, lim in (record.get("limits") or {}).items():
+        if isinstance(lim, dict) and "error" in lim:
+            lines.append(f"Limits ({dev}): not measured: {lim['error']}")
+        elif isinstance(lim, dict) and "copy_GBps" in lim:
+            lines.append(f"Limits ({dev}): copy {lim['copy_GBps']:.1f} GB/s, "
+                         f"triad {lim.get('triad_GBps', float('nan')):.1f} GB/s "
+                         f"({lim['bandwidth_method']}); sgemm {lim['sgemm_GFLOPs']:.0f} GFLOP/s "
+                         f"({lim['sgemm_method']}).")
+    return lines
+
+
+def _main_table(record) -> list:
+    fws = record["frameworks"]
+    head = ["workload", *FRAMEWORKS, "graphc/best", "graphc/best 1st call", "graphc rate", "bound"]
+    lines = ["Each cell: steady-state median per call / first call (build + compile + run). "
+             "Ratios: graphc time / fastest peer that passed the check (< 1: graphc faster).", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for name, w in record["workloads"].items():
         res = w["results"]
-        row = [name] + [cell(res.get(fw), fws.get(fw, {})) for fw in cols]
+        row = [name] + [cell(res.get(fw), fws.get(fw, {})) for fw in FRAMEWORKS]
         r = w.get("graphc_over_best", {})
         row += [f"{r[k]['ratio']:.2f}x ({r[k]['best_peer']})" if k in r else "-"
                 for k in ("steady", "first_call")]
@@ -126,58 +147,55 @@ def markdown(record: dict) -> str:
         row.append(f"{rt[0]:.3g} {rt[1]}" if rt and g.get("status") == "ok" else "-")
         row.append(f"≥ {fmt_ms(w['bound_ms'])}" if w.get("bound_ms") else "-")
         lines.append("| " + " | ".join(row) + " |")
-        for fw, r in res.items():
+    return lines
+
+
+def _notes(record) -> list:
+    """Variants, skips, mismatches (loudly), frameworks not run, framework notes."""
+    fws, notes = record["frameworks"], []
+    for name, w in record["workloads"].items():
+        for fw, r in w["results"].items():
             for variant, v in r.get("extra", {}).items():
                 notes.append(f"{name}, {fw} ({variant}): {cell(v, {})}")
             if r.get("status") == "skipped" and r.get("reason"):
                 notes.append(f"{name} on {fw} skipped: {r['reason']}")
             if r.get("status") == "mismatch":
                 c = r["check"]
+                problem = f", {c['problem']}" if c.get("problem") else ""
                 notes.append(f"**MISMATCH** {name} on {fw}: max rel. error {c['max_err']:.3g} "
-                             f"> {c['tol']:g} ({c.get('worst')}{', ' + c['problem'] if c.get('problem') else ''})")
-    skipped = [f"{fw} ({fws[fw].get('reason', fws[fw]['status'])})" for fw in cols
+                             f"> {c['tol']:g} ({c.get('worst')}{problem})")
+    skipped = [f"{fw} ({fws[fw].get('reason', fws[fw]['status'])})" for fw in FRAMEWORKS
                if fws[fw].get("status") != "ok"]
     if skipped:
         notes.append("Not run: " + ", ".join(skipped) + ".")
-    for fw in cols:
-        for note in fws[fw].get("notes", []):
-            notes.append(f"{fw}: {note}")
-    notes += record.get("notes", [])
-    if notes:
-        lines.append("")
-        lines += [f"- {n}" for n in notes]
-    comp = record.get("compile")
-    if comp:
-        lines += ["", "First call in a fresh process, cold persistent cache / warm persistent cache:", ""]
-        cfws = [fw for fw in cols if any(fw in c for c in comp.values())]
-        lines.append("| workload | " + " | ".join(cfws) + " |")
-        lines.append("|" + "|".join(["---"] * (len(cfws) + 1)) + "|")
-        for name, c in comp.items():
-            row = [name]
-            for fw in cfws:
-                r = c.get(fw)
-                if r is None:
-                    row.append("-")
-                elif r.get("status") != "ok":
-                    row.append(f"{r.get('status')}: {r.get('error', '')[:60]}")
-                else:
-                    row.append(f"{fmt_s(r['cold_s'])} / {fmt_s(r['warm_s'])}")
-            lines.append("| " + " | ".join(row) + " |")
-    models = record.get("models")
-    if models is not None:
-        lines.append("")
-        if not models.get("found"):
-            lines.append("models: no models yet (add models/<name>/bench_step.py, see docs/benchmarks.md).")
-        else:
-            lines += ["| model | graphc per step / first call | description |", "|---|---|---|"]
-            for name, r in models["results"].items():
-                lines.append(f"| {name} | {cell(r, {})} | {r.get('description', '')} |")
-    return "\n".join(lines)
+    for fw in FRAMEWORKS:
+        notes += [f"{fw}: {note}" for note in fws[fw].get("notes", [])]
+    return notes + record.get("notes", [])
+
+
+def _compile_table(record) -> list:
+    comp = record["compile"]
+    cfws = [fw for fw in FRAMEWORKS if any(fw in c for c in comp.values())]
+    lines = ["First call in a fresh process, cold persistent cache / warm persistent cache:", "",
+             "| workload | " + " | ".join(cfws) + " |",
+             "|" + "|".join(["---"] * (len(cfws) + 1)) + "|"]
+    for name, c in comp.items():
+        row = [name]
+        for fw in cfws:
+            r = c.get(fw)
+            if r is None:
+                row.append("-")
+            elif r.get("status") != "ok":
+                row.append(f"{r.get('status')}: {r.get('error', '')[:60]}")
+            else:
+                row.append(f"{fmt_s(r['cold_s'])} / {fmt_s(r['warm_s'])}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def write_json(record: dict, path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")   # concurrent runs share the folder
     tmp.write_text(json.dumps(record, indent=1, default=str))
     tmp.replace(path)
 

@@ -3,7 +3,7 @@
 A workload is the same computation written once per framework family:
 
     inputs(device)      -> dict of float32 / int32 numpy arrays, deterministic (seeded by name)
-    reference(inp)      -> tuple of float64 numpy arrays: the oracle every framework is checked against
+    reference(inp)      -> tuple of float64 numpy arrays: the oracle all frameworks are checked on
     build_<family>(inp, fw) -> (step, collect)
         step()          one timed call; returns the framework's raw result
         collect(raw)    -> tuple of numpy arrays comparable with reference() (called once, after
@@ -26,7 +26,7 @@ class Workload:
     description = ""
     tol = 1e-3           # max |out - ref| / max |ref|, per output
     reps_scale = 1.0     # < 1 for slow workloads: fewer repetitions
-    bound = None         # 'bandwidth' (work['bytes'] at copy speed) or 'sgemm' (work['flops'] at peak)
+    bound = None         # 'bandwidth' (work['bytes'] at copy speed), 'sgemm' (work['flops'])
     gpu_only_sizes = {}  # documentation of sizes that change on the GPU
 
     def inputs(self, device: str) -> dict:

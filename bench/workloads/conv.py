@@ -2,7 +2,8 @@
 
 conv5x5(20) - maxpool2 - tanh - conv5x5(50) - maxpool2 - tanh - dense500 - tanh - dense10, softmax
 cross-entropy. Convolutions follow Theano's ``conv2d`` (filter_flip=True: a true convolution), so
-the cross-correlating peers (PyTorch, JAX) hold their filters pre-flipped and flip them back to check.
+the cross-correlating peers (PyTorch, JAX) hold their filters pre-flipped and flip them back
+to check.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ def xent_np(xp, z, y):
 
 
 def mlp_grads_np(xp, params, x, y):
-    """Loss and gradients of a tanh MLP with a softmax cross-entropy head (hand-written backprop)."""
+    """Loss and gradients of a tanh MLP with a softmax cross-entropy head (by hand)."""
     hs, acts = [], x
     for W, b in zip(params[0:-2:2], params[1:-2:2]):
         acts = xp.tanh(acts @ W + b)

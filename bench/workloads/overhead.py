@@ -18,7 +18,8 @@ def dispatch_np(x):
 class Dispatch(Workload):
     name = "dispatch"
     family = "overhead"
-    description = f"{2 * N_ITER} tiny elementwise ops (x*1.0001+0.0001, {N_ITER} times) on a (10,) vector"
+    description = (f"{2 * N_ITER} tiny elementwise ops (x*1.0001+0.0001, {N_ITER} times) "
+                   "on a (10,) vector")
     tol = 1e-4
 
     def inputs(self, device):
@@ -104,7 +105,8 @@ class ScanOverhead(Workload):
         xs = fw.asarray(inp["x"])
 
         def run(xs):
-            h, _ = jax.lax.scan(lambda h, x_t: (h * 0.9 + x_t, None), fw.jnp.zeros(10, xs.dtype), xs)
+            h0 = fw.jnp.zeros(10, xs.dtype)
+            h, _ = jax.lax.scan(lambda h, x_t: (h * 0.9 + x_t, None), h0, xs)
             return h
         f = jax.jit(run)
         return (lambda: f(xs)), (lambda r: (fw.to_numpy(r),))

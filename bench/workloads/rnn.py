@@ -1,4 +1,4 @@
-"""lstm_step: gradients of an LSTM over 50 steps (theano.scan / nn.LSTM / a hand loop / lax.scan)."""
+"""lstm_step: gradients of an LSTM over 50 steps (theano.scan, nn.LSTM, a hand loop, lax.scan)."""
 from __future__ import annotations
 
 import numpy as np
