@@ -22,8 +22,10 @@ a pair (ph, pw), or a pair of pairs ((top, bottom), (left, right)).  Output size
 ``(n + pad_lo + pad_hi - d*(k-1) - 1) // s + 1``.
 
 The numpy references use im2col: one strided view of the padded input, one copy into a
-(G, Cg*kh*kw, B*oh*ow) matrix and one batched matmul (BLAS).  The transposed direction
-scatters the columns back with kh*kw vectorized slice-adds (col2im).
+(G, Cg*kh*kw, N) matrix (N: the output positions, in one of two orders, see _im2col) and one
+batched matmul (BLAS).  The transposed direction scatters the columns back with kh*kw
+vectorized slice-adds (col2im).  Backend steps may pass a workspace dict and an output array
+so that scratch arrays and results are kept across calls.
 """
 from __future__ import annotations
 
@@ -127,80 +129,159 @@ def _hint(shape):
 
 
 # --------------------------------------------------------------------------- numpy kernels
-def _padded(img, pads):
+# Column order: the im2col copy moves runs of ow values when the columns run over
+# (B, oh, ow), and runs of ow*B values when they run over (oh, ow, B) (from a batch-last copy
+# of the input); the batch-last order in turn makes the result's move back to (B, O, oh, ow)
+# a gather.  Small feature maps (LeNet's second layer: ow = 8) take the batch-last order,
+# where it made the im2col copy ~5x cheaper; wide ones keep runs of ow.
+_BATCH_LAST_BELOW = 16
+
+
+def _batch_last_order(ow):
+    return ow < _BATCH_LAST_BELOW
+
+
+def _scratch(ws, key, shape, dtype):
+    """An uninitialized array; with a workspace dict ``ws`` (kept by a backend step across
+    calls) the same array comes back while the shape holds.  Fresh multi-MB arrays cost
+    page faults on first touch, as much as the copy that fills them."""
+    if ws is None:
+        return np.empty(shape, dtype)
+    a = ws.get(key)
+    if a is None or a.shape != shape or a.dtype != dtype:
+        a = ws[key] = np.empty(shape, dtype)
+    return a
+
+
+def _padded(img, pads, batch_last, ws=None):
+    """The zero-padded input; C-contiguous (C, h, w, B) if batch_last, else (B, C, h, w)."""
     (t, b), (l, r) = pads
-    if t == b == l == r == 0:
+    if not batch_last and t == b == l == r == 0:
         return img
-    return np.pad(img, ((0, 0), (0, 0), (t, b), (l, r)))
+    B, C, H, W = img.shape
+    shape = (C, H + t + b, W + l + r, B) if batch_last else (B, C, H + t + b, W + l + r)
+    out = _scratch(ws, "padded", shape, img.dtype)
+    if t or b or l or r:
+        out.fill(0)
+    if batch_last:
+        out[:, t: t + H, l: l + W] = img.transpose(1, 2, 3, 0)
+    else:
+        out[:, :, t: t + H, l: l + W] = img
+    return out
 
 
-def _im2col(xp, kh, kw, oh, ow, subsample, dilation, groups):
-    """(G, Cg*kh*kw, B*oh*ow) patches of the padded images ``xp`` (one copy of a view)."""
-    B, C = xp.shape[:2]
+def _im2col(xp, kh, kw, oh, ow, subsample, dilation, groups, batch_last, ws=None):
+    """(G, Cg*kh*kw, N) patches of the padded input ``xp`` from _padded (one copy); N runs
+    over (oh, ow, B) if batch_last, else over (B, oh, ow)."""
+    if batch_last:
+        C, B = xp.shape[0], xp.shape[3]
+        sc, sy, sx, sb = xp.strides
+    else:
+        B, C = xp.shape[:2]
+        sb, sc, sy, sx = xp.strides
     cg = C // groups
-    sb, sc, sy, sx = xp.strides
-    view = as_strided(xp, (groups, cg, kh, kw, B, oh, ow),
-                      (cg * sc, sc, dilation[0] * sy, dilation[1] * sx, sb,
-                       subsample[0] * sy, subsample[1] * sx), writeable=False)
-    return np.ascontiguousarray(view).reshape(groups, cg * kh * kw, B * oh * ow)
+    shape = (groups, cg, kh, kw)
+    strides = (cg * sc, sc, dilation[0] * sy, dilation[1] * sx)
+    rows, rs = (oh, ow), (subsample[0] * sy, subsample[1] * sx)
+    if batch_last:
+        shape, strides = shape + rows + (B,), strides + rs + (sb,)
+    else:
+        shape, strides = shape + (B,) + rows, strides + (sb,) + rs
+    view = as_strided(xp, shape, strides, writeable=False)
+    cols = _scratch(ws, "cols", shape, xp.dtype)
+    np.copyto(cols, view)
+    return cols.reshape(groups, cg * kh * kw, B * oh * ow)
 
 
-def _group_rows(topgrad, groups, batch_last=False):
-    """(B, O, oh, ow) -> (G, Og, N): N ordered (B, oh, ow), or (oh, ow, B) if batch_last."""
+def _group_rows(topgrad, groups, batch_last, ws=None):
+    """(B, O, oh, ow) -> (G, Og, N) in the column order of _im2col."""
     B, O, oh, ow = topgrad.shape
     t = topgrad.reshape(B, groups, O // groups, oh * ow)
     t = t.transpose(1, 2, 3, 0) if batch_last else t.transpose(1, 2, 0, 3)
-    return np.ascontiguousarray(t).reshape(groups, O // groups, B * oh * ow)
+    rows = _scratch(ws, "rows", t.shape, topgrad.dtype)
+    np.copyto(rows, t)
+    return rows.reshape(groups, O // groups, B * oh * ow)
 
 
-def _bmm(a, b):
+def _kernel_matrix(kern, groups, flip):
+    """(G, Og, Cg*kh*kw), C-contiguous: a flipped filter reshapes to a view with negative
+    strides, which numpy's matmul runs without BLAS (~5x slower for LeNet's first layer)."""
+    O, cg, kh, kw = kern.shape
+    if flip:
+        kern = kern[:, :, ::-1, ::-1]
+    return np.ascontiguousarray(kern).reshape(groups, O // groups, cg * kh * kw)
+
+
+def _bmm(a, b, ws=None):
     # a plain 2-d matmul when there is one group: guaranteed to be one BLAS call
+    dtype = np.result_type(a.dtype, b.dtype)
+    out = _scratch(ws, "prod", (a.shape[0], a.shape[1], b.shape[2]), dtype)
     if a.shape[0] == 1:
-        return (a[0] @ b[0])[None]
-    return np.matmul(a, b)
+        np.matmul(a[0], b[0], out=out[0])
+    else:
+        np.matmul(a, b, out=out)
+    return out
 
 
-def conv2d_forward(img, kern, border_mode, subsample, flip, dilation, groups):
+def _result(out, value, dtype):
+    """``value`` as a C-contiguous array of ``dtype``, written into ``out`` when given."""
+    if out is None:
+        return np.ascontiguousarray(value, dtype=dtype)
+    np.copyto(out, value, casting="unsafe")
+    return out
+
+
+def conv2d_forward(img, kern, border_mode, subsample, flip, dilation, groups, ws=None,
+                   out=None):
+    """``ws``: a workspace dict for scratch arrays kept across calls; ``out``: an array of
+    the result's shape and dtype to write into (both optional, for backend steps)."""
     B, C, H, W = img.shape
     O, cg, kh, kw = kern.shape
     pads = border_pads(border_mode, kh, kw, dilation)
     oh = conv_out_len(H, kh, pads[0], subsample[0], dilation[0])
     ow = conv_out_len(W, kw, pads[1], subsample[1], dilation[1])
-    if flip:
-        kern = kern[:, :, ::-1, ::-1]
-    cols = _im2col(_padded(img, pads), kh, kw, oh, ow, subsample, dilation, groups)
-    out = _bmm(kern.reshape(groups, O // groups, cg * kh * kw), cols)   # (G, Og, B*oh*ow)
-    out = out.reshape(O, B, oh, ow).transpose(1, 0, 2, 3)
-    return np.ascontiguousarray(out, dtype=img.dtype)
+    bl = _batch_last_order(ow)
+    cols = _im2col(_padded(img, pads, bl, ws), kh, kw, oh, ow, subsample, dilation, groups,
+                   bl, ws)
+    prod = _bmm(_kernel_matrix(kern, groups, flip), cols, ws)        # (G, Og, N)
+    if bl:
+        prod = prod.reshape(O, oh, ow, B).transpose(3, 0, 1, 2)
+    else:
+        prod = prod.reshape(O, B, oh, ow).transpose(1, 0, 2, 3)
+    return _result(out, prod, img.dtype)
 
 
-def conv2d_grad_weights(img, topgrad, khw, border_mode, subsample, flip, dilation, groups):
+def conv2d_grad_weights(img, topgrad, khw, border_mode, subsample, flip, dilation, groups,
+                        ws=None, out=None):
     B, C, H, W = img.shape
     kh, kw = khw
     O, oh, ow = topgrad.shape[1:]
     pads = border_pads(border_mode, kh, kw, dilation)
-    cols = _im2col(_padded(img, pads), kh, kw, oh, ow, subsample, dilation, groups)
-    dk = _bmm(_group_rows(topgrad, groups), cols.transpose(0, 2, 1))   # (G, Og, Cg*kh*kw)
+    bl = _batch_last_order(ow)
+    cols = _im2col(_padded(img, pads, bl, ws), kh, kw, oh, ow, subsample, dilation, groups,
+                   bl, ws)
+    rows = _group_rows(topgrad, groups, bl, ws)
+    dk = _bmm(rows, cols.transpose(0, 2, 1), ws)                     # (G, Og, Cg*kh*kw)
     dk = dk.reshape(O, C // groups, kh, kw)
     if flip:
         dk = dk[:, :, ::-1, ::-1]
-    return np.ascontiguousarray(dk, dtype=img.dtype)
+    return _result(out, dk, img.dtype)
 
 
-def conv2d_grad_inputs(kern, topgrad, hw, border_mode, subsample, flip, dilation, groups):
+def conv2d_grad_inputs(kern, topgrad, hw, border_mode, subsample, flip, dilation, groups,
+                       ws=None, out=None):
     O, cg, kh, kw = kern.shape
     B, _, oh, ow = topgrad.shape
     H, W = hw
     C = cg * groups
     (t, b), (l, r) = border_pads(border_mode, kh, kw, dilation)
-    if flip:
-        kern = kern[:, :, ::-1, ::-1]
-    kmat = kern.reshape(groups, O // groups, cg * kh * kw)
-    rows = _group_rows(topgrad, groups, batch_last=True)
-    dcols = _bmm(kmat.transpose(0, 2, 1), rows).reshape(C, kh, kw, oh, ow, B)
+    kmat = _kernel_matrix(kern, groups, flip)
+    rows = _group_rows(topgrad, groups, True, ws)
+    dcols = _bmm(kmat.transpose(0, 2, 1), rows, ws).reshape(C, kh, kw, oh, ow, B)
     # col2im in a (C, h, w, B) layout: each offset's slice-add then runs over contiguous
     # (ow, B) blocks instead of rows of ow values (~1.5x faster for small feature maps)
-    dxp = np.zeros((C, H + t + b, W + l + r, B), dtype=dcols.dtype)
+    dxp = _scratch(ws, "dxp", (C, H + t + b, W + l + r, B), dcols.dtype)
+    dxp.fill(0)
     sh, sw = subsample
     dh, dw = dilation
     for i in range(kh):
@@ -208,7 +289,7 @@ def conv2d_grad_inputs(kern, topgrad, hw, border_mode, subsample, flip, dilation
             dxp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh,
                 j * dw: j * dw + sw * (ow - 1) + 1: sw] += dcols[:, i, j]
     dx = dxp[:, t: t + H, l: l + W].transpose(3, 0, 1, 2)
-    return np.ascontiguousarray(dx, dtype=kern.dtype)
+    return _result(out, dx, kern.dtype)
 
 
 # --------------------------------------------------------------------------- ops
@@ -386,12 +467,17 @@ class Conv2d(BaseConv2d):
         out = (ishp[0], kshp[0], *self._out_spatial(ishp, kshp))
         return Apply(self, [img, kern], [TensorType(img.dtype, shape=out)()])
 
-    def perform(self, node, inputs, output_storage):
+    def checked_args(self, node, inputs):
+        """The arguments of conv2d_forward for these input values, after the run-time
+        shape checks (shared with the native backend's step)."""
         img, kern = inputs
         self._check_hints(node, img.shape, kern.shape, inputs)
         self._check(img.shape, kern.shape, None, describe_values(inputs),
                     getattr(node.tag, "trace", []))
-        output_storage[0][0] = conv2d_forward(img, kern, *self._args())
+        return (img, kern) + self._args()
+
+    def perform(self, node, inputs, output_storage):
+        output_storage[0][0] = conv2d_forward(*self.checked_args(node, inputs))
 
     def infer_shape(self, node, shapes):
         ishp, kshp = shapes
@@ -424,14 +510,18 @@ class Conv2dGradInputs(BaseConv2d):
         self._check(ishp, kshp, topgrad.type.shape, describe([kern, topgrad]))
         return Apply(self, [kern, topgrad, hw], [TensorType(kern.dtype, shape=tuple(ishp))()])
 
-    def perform(self, node, inputs, output_storage):
+    def checked_args(self, node, inputs):
+        """The arguments of conv2d_grad_inputs, after the run-time shape checks."""
         kern, topgrad, hw = inputs
         hw = tuple(int(v) for v in hw)
         ishp = (topgrad.shape[0], kern.shape[1] * self.num_groups) + hw
         self._check_hints(node, ishp, kern.shape, inputs)
         self._check(ishp, kern.shape, topgrad.shape, describe_values(inputs),
                     getattr(node.tag, "trace", []))
-        output_storage[0][0] = conv2d_grad_inputs(kern, topgrad, hw, *self._args())
+        return (kern, topgrad, hw) + self._args()
+
+    def perform(self, node, inputs, output_storage):
+        output_storage[0][0] = conv2d_grad_inputs(*self.checked_args(node, inputs))
 
     def infer_shape(self, node, shapes):
         kern, topgrad, hw = node.inputs
@@ -468,14 +558,18 @@ class Conv2dGradWeights(BaseConv2d):
         self._check(ishp, kshp, topgrad.type.shape, describe([img, topgrad]))
         return Apply(self, [img, topgrad, khw], [TensorType(img.dtype, shape=tuple(kshp))()])
 
-    def perform(self, node, inputs, output_storage):
+    def checked_args(self, node, inputs):
+        """The arguments of conv2d_grad_weights, after the run-time shape checks."""
         img, topgrad, khw = inputs
         khw = tuple(int(v) for v in khw)
         kshp = (topgrad.shape[1], img.shape[1] // self.num_groups) + khw
         self._check_hints(node, img.shape, kshp, inputs)
         self._check(img.shape, kshp, topgrad.shape, describe_values(inputs),
                     getattr(node.tag, "trace", []))
-        output_storage[0][0] = conv2d_grad_weights(img, topgrad, khw, *self._args())
+        return (img, topgrad, khw) + self._args()
+
+    def perform(self, node, inputs, output_storage):
+        output_storage[0][0] = conv2d_grad_weights(*self.checked_args(node, inputs))
 
     def infer_shape(self, node, shapes):
         img, topgrad, khw = node.inputs

@@ -59,14 +59,19 @@ class SoftmaxCrossentropy(Op):
         sm = TensorType(x.dtype, shape=(rows, x.type.shape[1]))()
         return Apply(self, ins, [nll, sm])
 
+    def check(self, node, inputs):
+        """Raise a ShapeError for a bias or labels that do not fit the logits."""
+        x, y = inputs[0], inputs[-1]
+        if self.has_bias and inputs[1].shape[0] != x.shape[1]:
+            raise shape_error(self, describe_values(inputs), "bias length != columns",
+                              getattr(node.tag, "trace", []))
+        _check_labels(self, node, x.shape, y)
+
     def perform(self, node, inputs, out):
+        self.check(node, inputs)
         x, y = inputs[0], inputs[-1]
         if self.has_bias:
-            if inputs[1].shape[0] != x.shape[1]:
-                raise shape_error(self, describe_values(inputs), "bias length != columns",
-                                  getattr(node.tag, "trace", []))
             x = x + inputs[1]
-        _check_labels(self, node, x.shape, y)
         s = x - np.max(x, axis=1, keepdims=True) if x.shape[1] else x
         e = np.exp(s)
         total = np.sum(e, axis=1, keepdims=True)      # >= 1: the max entry gives exp(0)
@@ -121,13 +126,19 @@ class SoftmaxCrossentropyGrad(Op):
         dnll = cast(dnll, sm.dtype)
         return Apply(self, [dnll, sm, y], [sm.type()])
 
-    def perform(self, node, inputs, out):
+    def check(self, node, inputs):
+        """Raise a ShapeError for labels or a dnll that do not fit the softmax."""
         dnll, sm, y = inputs
         _check_labels(self, node, sm.shape, y)
-        if dnll.shape[0] not in (1, sm.shape[0]) or \
-                (dnll.shape[0] == 1 and not node.inputs[0].type.broadcastable[0] and sm.shape[0] != 1):
+        stretched = dnll.shape[0] == 1 and not node.inputs[0].type.broadcastable[0] and \
+            sm.shape[0] != 1                # a length-1 dnll that its type does not broadcast
+        if dnll.shape[0] not in (1, sm.shape[0]) or stretched:
             raise shape_error(self, describe_values(inputs), "dnll length != rows",
                               getattr(node.tag, "trace", []))
+
+    def perform(self, node, inputs, out):
+        self.check(node, inputs)
+        dnll, sm, y = inputs
         dx = sm * dnll[:, None]
         rows = np.arange(sm.shape[0])
         dx[rows, y] -= dnll if dnll.shape[0] == sm.shape[0] else dnll[0]

@@ -1,0 +1,204 @@
+"""The native steps of graphc/link/llvm_ops.py (softmax cross-entropy, convolution, max
+pooling), each compared with the numpy reference backend: odd shapes, non-contiguous inputs,
+both dtypes, ties, nan/inf, repeated calls with kept buffers, and the reference's errors.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import graphc
+import graphc.tensor as T
+from graphc.link.llvm import STEP_MAKERS, _PerformStep
+from graphc.link.llvm_ops import _max_grad_spec, _max_spec, _xent_specs
+from graphc.tensor.elemwise import ShapeError
+from graphc.tensor.nnet.conv import conv2d
+from graphc.tensor.nnet.xent import SoftmaxCrossentropy, SoftmaxCrossentropyGrad
+from graphc.tensor.signal import pool
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare_backends import NATIVE, assert_same, compare  # noqa: E402
+
+rng = np.random.default_rng(7)
+
+
+def native_steps(f):
+    """Op type names of the nodes of ``f`` that run a native step (not numpy perform)."""
+    names = set()
+    for node in f.maker.fgraph.toposort():
+        maker = STEP_MAKERS.get(type(node.op))
+        if maker is not None:
+            step = maker(node, [[None]] * len(node.inputs), [[None]] * len(node.outputs), True)
+            if step is not None and not isinstance(step, _PerformStep):
+                names.add(type(node.op).__name__)
+    return names
+
+
+def test_specs_are_canonical():
+    for dt in ("float32", "float64"):
+        for bias in (False, True):
+            for spec in _xent_specs(dt, bias):
+                spec.check()
+        for cells in (1, 4, 6):
+            _max_spec(dt, cells).check()
+            _max_grad_spec(dt, cells).check()
+
+
+# --------------------------------------------------------------------------- cross-entropy
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(7, 13), (1, 1), (33, 2)])
+def test_xent_loss_and_grad(dtype, shape):
+    z = T.matrix("z", dtype=dtype)
+    y = T.ivector("y")
+    loss = T.nnet.categorical_crossentropy(T.nnet.softmax(z), y).mean()
+    outs = [loss, graphc.grad(loss, z)]
+    zv = (3 * rng.standard_normal(shape)).astype(dtype)
+    yv = rng.integers(0, shape[1], shape[0]).astype(np.int32)
+    compare([z, y], outs, [zv, yv], f"xent {dtype} {shape}")
+    f = graphc.function([z, y], outs, mode=NATIVE)
+    assert {"SoftmaxCrossentropy", "SoftmaxCrossentropyGrad"} <= native_steps(f)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_xent_op_outputs_strided_and_negative_labels(bias):
+    x = T.matrix("x", dtype="float32")
+    b = T.vector("b", dtype="float32")
+    y = T.lvector("y")
+    op = SoftmaxCrossentropy(bias)
+    nll, sm = op(x, b, y) if bias else op(x, y)
+    dnll = T.vector("dnll", dtype="float32")
+    g = SoftmaxCrossentropyGrad()(dnll, sm, y)
+    ins = [x, b, y, dnll] if bias else [x, y, dnll]
+    big = (2 * rng.standard_normal((9, 22))).astype(np.float32)
+    xv = big[:, ::2]                                   # non-contiguous logits (9, 11)
+    xv[0, :] = 80.0                                    # exp overflows without the max shift
+    yv = np.array([0, -1, 10, 3, -11, 5, 5, 1, 2])     # negative labels count from the end
+    vals = [xv, rng.standard_normal(11).astype(np.float32), yv] if bias else [xv, yv]
+    vals.append(rng.standard_normal(9).astype(np.float32))
+    compare(ins, [nll, sm, g], vals, f"xent op bias={bias}")
+
+
+def test_xent_keeps_results_across_calls_and_errors():
+    z = T.matrix("z", dtype="float32")
+    y = T.ivector("y")
+    nll, sm = SoftmaxCrossentropy()(z, y)
+    f = graphc.function([z, y], [nll, sm], mode=NATIVE)
+    a = rng.standard_normal((5, 4)).astype(np.float32)
+    yv = np.array([0, 1, 2, 3, 0], np.int32)
+    first = [np.array(o, copy=True) for o in f(a, yv)]
+    kept = f(a, yv)
+    f(a + 1, yv)                                       # a second call must not overwrite
+    for k, o in enumerate(first):                      # what the caller holds
+        assert_same(kept[k], o, "kept output")
+    assert_same(f(np.zeros((0, 4), np.float32), np.zeros(0, np.int32))[1],
+                np.zeros((0, 4), np.float32), "empty batch")
+    with pytest.raises(ShapeError, match="out of range"):
+        f(a, np.array([0, 1, 2, 4, 0], np.int32))
+    with pytest.raises(ShapeError, match="labels for"):
+        f(a, np.array([0, 1], np.int32))
+
+
+# --------------------------------------------------------------------------- max pooling
+POOLS = [  # (input shape, ws, ignore_border)
+    ((2, 3, 8, 6), (2, 2), True),
+    ((2, 3, 9, 7), (2, 2), True),          # odd sizes: the last row/col is in no window
+    ((3, 4, 6, 9), (3, 3), False),         # divisible: no partial window
+    ((2, 5, 7, 5), (2, 2), False),         # partial edge windows: numpy perform
+    ((4, 6, 4), (1, 2), True),             # 3-d input
+    ((1, 2, 6, 8, 4), (2, 4), True),       # 5-d input
+]
+
+
+@pytest.mark.parametrize("shape,ws,ignore_border", POOLS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_max_pool_and_grad(shape, ws, ignore_border, dtype):
+    x = T.TensorType(dtype, shape=(None,) * len(shape))("x")
+    out = pool.pool_2d(x, ws=ws, ignore_border=ignore_border)
+    w = T.TensorType(dtype, shape=(None,) * len(shape))("w")
+    cost = (out * w).sum()
+    xv = rng.integers(-3, 3, shape).astype(dtype)      # small ints: many tied maxima
+    wv = rng.standard_normal(graphc.function([x], out.shape, mode=NATIVE)(xv)).astype(dtype)
+    compare([x, w], [out, graphc.grad(cost, x)], [xv, wv], f"pool {shape} {ws}")
+    f = graphc.function([x, w], [out, graphc.grad(cost, x)], mode=NATIVE)
+    assert {"Pool", "MaxPoolGrad"} <= native_steps(f)
+
+
+def test_max_pool_strided_input_nan_inf():
+    x = T.tensor4("x", dtype="float32")
+    out = pool.pool_2d(x, ws=(2, 2), ignore_border=True)
+    g = graphc.grad((out * out).sum(), x)
+    base = rng.standard_normal((3, 2, 10, 16)).astype(np.float32)
+    xv = base[:, :, ::-1, ::2]                         # negative and non-unit strides
+    xv[0, 0, 0, 0] = np.nan
+    xv[1, 1, 2, 3] = np.inf
+    xv[2, 0, 5, 5] = -np.inf
+    compare([x], [out, g], [xv], "pool strided nan/inf")
+
+
+def test_pool_other_modes_and_geometries_run_perform():
+    x = T.tensor4("x")
+    outs = [pool.pool_2d(x, ws=(2, 2), ignore_border=True, mode="average_inc_pad"),
+            pool.pool_2d(x, ws=(3, 3), stride=(2, 2), ignore_border=True),
+            pool.pool_2d(x, ws=(2, 2), pad=(1, 1), ignore_border=True)]
+    grads = [graphc.grad(o.sum(), x) for o in outs]
+    compare([x], outs + grads, [rng.standard_normal((2, 2, 7, 7))], "other pools")
+
+
+def test_max_pool_grad_errors_like_reference():
+    x = T.tensor4("x", dtype="float32")
+    mx = T.tensor4("m", dtype="float32")
+    gz = T.tensor4("gz", dtype="float32")
+    g = pool.MaxPoolGrad((2, 2), True)(x, mx, gz)
+    f = graphc.function([x, mx, gz], g, mode=NATIVE)
+    xv = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(ShapeError, match="output gradient"):
+        f(xv, np.zeros((1, 1, 2, 2), np.float32), np.zeros((1, 1, 3, 2), np.float32))
+
+
+# --------------------------------------------------------------------------- convolution
+CONVS = [  # (input shape, filter shape, conv2d keyword arguments)
+    ((3, 2, 9, 7), (4, 2, 3, 2), {}),                                    # ow < 16: batch-last
+    ((2, 1, 7, 20), (3, 1, 3, 3), {}),                                   # ow >= 16
+    ((2, 2, 8, 8), (3, 2, 3, 3), {"border_mode": "full"}),
+    ((2, 3, 7, 18), (2, 3, 3, 3), {"border_mode": "half", "filter_flip": False}),
+    ((2, 2, 9, 9), (3, 2, 3, 2), {"border_mode": (1, 2), "subsample": (2, 1)}),
+    ((2, 4, 10, 10), (6, 2, 3, 3), {"num_groups": 2, "filter_dilation": (2, 1)}),
+    ((1, 2, 6, 17), (2, 2, 2, 3), {"border_mode": ((1, 0), (0, 2)), "subsample": (1, 3)}),
+]
+
+
+@pytest.mark.parametrize("xs,ws,kw", CONVS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv_and_grads(xs, ws, kw, dtype):
+    x = T.tensor4("x", dtype=dtype)
+    W = T.tensor4("W", dtype=dtype)
+    out = conv2d(x, W, **kw)
+    G = T.tensor4("G", dtype=dtype)
+    cost = (out * G).sum()
+    xv = rng.standard_normal(xs).astype(dtype)
+    Wv = rng.standard_normal(ws).astype(dtype)
+    oshape = graphc.function([x, W], out.shape, mode=NATIVE)(xv, Wv)
+    Gv = rng.standard_normal(oshape).astype(dtype)
+    outs = [out] + graphc.grad(cost, [x, W])
+    compare([x, W, G], outs, [xv, Wv, Gv], f"conv {xs} {ws} {kw}")
+    f = graphc.function([x, W, G], outs, mode=NATIVE)
+    assert {"Conv2d", "Conv2dGradInputs", "Conv2dGradWeights"} <= native_steps(f)
+
+
+def test_conv_strided_inputs_repeated_calls_and_errors():
+    x = T.tensor4("x", dtype="float32")
+    W = T.tensor4("W", dtype="float32")
+    out = T.tanh(conv2d(x, W))                         # conv output feeds a kept buffer
+    f = graphc.function([x, W], [out, graphc.grad(out.sum(), W)], mode=NATIVE)
+    ref = graphc.function([x, W], [out, graphc.grad(out.sum(), W)],
+                          mode=graphc.Mode(linker="py", optimizer=None))
+    big = rng.standard_normal((4, 3, 12, 16)).astype(np.float32)
+    Wv = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    for xv in (big[:, :, ::-1, ::2], big[1:3], big[:, :, :9, :9]):
+        for got, want in zip(f(xv, Wv), ref(xv, Wv)):
+            assert_same(got, want, f"conv {xv.shape}")
+    with pytest.raises(ShapeError, match="channels"):
+        f(big, rng.standard_normal((2, 2, 3, 3)).astype(np.float32))
