@@ -7,6 +7,8 @@ exist before the optimizer runs, so their patterns (softmax grad of ``onehot / s
 """
 from __future__ import annotations
 
+import numpy as np
+
 from graphc.rewriting.canonicalize import same_size
 from graphc.rewriting.engine import C, P, Rule, RuleSet, const_value, fit, fit_or_fill
 from graphc.tensor import basic as tb
@@ -57,7 +59,13 @@ def _log_indexed_softmax(fgraph, node, b):   # log(softmax(z)[idx]) -> log_softm
 def _is_row_range(ar, z) -> bool:
     """Is ar arange(z.shape[0]) (every row of z once, in order)?"""
     n = ar.owner
-    if n is None or not isinstance(n.op, ARange):
+    if n is None:
+        # constant folding turns arange(n) into a constant when n is static
+        data = getattr(ar, "data", None)
+        rows = z.type.shape[0] if z.ndim else None
+        return (data is not None and rows is not None and np.ndim(data) == 1 and
+                len(data) == rows and np.array_equal(data, np.arange(rows)))
+    if not isinstance(n.op, ARange):
         return False
     start, stop, step = n.inputs
     return const_value(start) == 0 and const_value(step) == 1 and same_size(stop, z, 0)

@@ -75,6 +75,20 @@ def test_bias_add_is_absorbed_into_the_crossentropy_op():
     assert_same(f, g, rng.random((6, 3)), rng.integers(0, 4, 6).astype("int32"))
 
 
+def test_crossentropy_with_a_static_batch_size():
+    # arange(n) of a static n is folded to a constant: the rule must still see every row
+    z = T.TensorType("float64", shape=(6, 4))("z")
+    y = T.ivector("y")
+    cost = T.nnet.categorical_crossentropy(T.nnet.softmax(z), y).mean()
+    f = theano.function([z, y], [cost, theano.grad(cost, z)], mode=NO_FUSION)
+    assert count(f, SoftmaxCrossentropy) == 1 and count(f, SoftmaxCrossentropyGrad) == 1
+    zv = np.full((6, 4), 1e4)
+    zv[:, 0] = -1e4
+    loss, g = f(zv, np.zeros(6, "int32"))
+    assert np.isfinite(loss) and np.all(np.isfinite(g))
+    np.testing.assert_allclose(loss, 2e4 + np.log(3), rtol=1e-12)
+
+
 def test_non_row_indexing_still_gets_a_stable_gradient():
     z, idx, y = T.dmatrix("z"), T.lvector("idx"), T.lvector("y")
     cost = -T.log(T.nnet.softmax(z)[idx, y]).sum()
