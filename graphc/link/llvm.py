@@ -75,7 +75,11 @@ class _Buffers:
         return a
 
 
-def _fused_step(node, ins, outs, reuse) -> Callable:
+def _fused_step(node, ins, outs, reuse, dests=None) -> Callable:
+    """``dests`` (optional, one per output): cells through which a caller may lend the
+    array an output should be written to (a scan hands the row of its state buffer, which
+    saves an allocation and a copy per step); a lent array of the right shape is used once,
+    and the cell is cleared."""
     from graphc.backend.llvm import compile_kernel
     op: Fused = node.op
     if any(d not in DTYPES for d in op.in_dtypes) or \
@@ -89,17 +93,55 @@ def _fused_step(node, ins, outs, reuse) -> Callable:
     reduce_axes = op.reduce[1] if op.reduce is not None else None
     n_out = len(outs)
     last = [None, None]                     # input shapes of the previous call, output shape
+    dests = dests or [None] * n_out
+
+    def shape_of(vals):
+        key = tuple([v.shape for v in vals])
+        if key == last[0]:
+            return last[1]
+        shape = check(node, vals)           # Theano's broadcasting rule, with a clear error
+        oshape = shape if reduce_axes is None else \
+            tuple(s for d, s in enumerate(shape) if d not in reduce_axes)
+        last[0], last[1] = key, oshape
+        return oshape
+
+    if n_out == 1 and not destroy:
+        # the common case (a scan step is often just this), kept short: it runs per step.
+        # When the inputs look as in the previous call, the kernel's plan of that call is
+        # run directly: Kernel.__call__'s signature key costs more than the kernel itself
+        # on small arrays.
+        out0, dest0, dtype0, get = outs[0], dests[0] or [None], out_dtypes[0], bufs.get
+        fast = [None, None, None, None]     # input signature, output shape/strides, plan
+
+        def step1():
+            vals = [c[0] for c in ins]
+            try:
+                sig = [(v.__class__, v.shape, v.strides, v.dtype) for v in vals]
+            except AttributeError:          # a Python scalar: Kernel converts it
+                sig = None
+            same = sig is not None and sig == fast[0]
+            oshape = fast[1] if same else shape_of(vals)
+            a = dest0[0]
+            if a is None:
+                a = get(0, oshape, dtype0)
+            else:
+                dest0[0] = None
+                if a.shape != oshape or a.dtype != dtype0:
+                    a = get(0, oshape, dtype0)
+            if same and a.strides == fast[2]:
+                plan = fast[3]
+                plan.fn(0, plan.n0, 0, plan.meta_ptr, *map(id, vals), id(a))
+            else:
+                vals = _call(kernel, vals, [a])
+                plan = _simple_plan(kernel, vals, a) if sig is not None and all(
+                    v.__class__ is np.ndarray for v in vals) else None
+                fast[:] = (sig, oshape, a.strides, plan) if plan is not None else [None] * 4
+            out0[0] = a
+        return step1
 
     def step():
         vals = [c[0] for c in ins]
-        key = tuple([v.shape for v in vals])
-        if key == last[0]:
-            oshape = last[1]
-        else:
-            shape = check(node, vals)       # Theano's broadcasting rule, with a clear error
-            oshape = shape if reduce_axes is None else \
-                tuple(s for d, s in enumerate(shape) if d not in reduce_axes)
-            last[0], last[1] = key, oshape
+        oshape = shape_of(vals)
         arrays = []
         for k in range(n_out):
             j = destroy.get(k)
@@ -108,46 +150,99 @@ def _fused_step(node, ins, outs, reuse) -> Callable:
                 if a.shape == oshape and a.flags.c_contiguous and a.flags.writeable:
                     arrays.append(a)
                     continue
+            d = dests[k]
+            if d is not None and d[0] is not None:
+                a, d[0] = d[0], None
+                if a.shape == oshape and a.dtype == out_dtypes[k]:
+                    arrays.append(a)
+                    continue
             arrays.append(bufs.get(k, oshape, out_dtypes[k]))
-        kernel(vals, arrays)
+        _call(kernel, vals, arrays)
         for k in range(n_out):
             outs[k][0] = arrays[k]
     return step
 
 
+def _call(kernel, vals, arrays):
+    """kernel(vals, arrays); numpy scalars (some numpy performs return them for 0-d
+    results) are passed as 0-d arrays.  Returns the inputs as passed."""
+    try:
+        kernel(vals, arrays)
+    except TypeError:
+        if not any(isinstance(v, np.generic) for v in vals):
+            raise
+        vals = [np.asarray(v) if isinstance(v, np.generic) else v for v in vals]
+        kernel(vals, arrays)
+    return vals
+
+
+def _simple_plan(kernel, inputs, out):
+    """The plan the kernel just made for these arrays, when running it is one plain call
+    ``plan.fn(0, plan.n0, 0, plan.meta_ptr, *ids)`` (no threads, no prefill); else None.
+    Reads the kernel's plan cache with the kernel's own key (graphc/backend/llvm/kernel.py);
+    should that change, nothing is found and every call goes through Kernel.__call__."""
+    plans = getattr(kernel, "_plans", None)
+    if plans is None:
+        return None
+    key = (*[(a.__class__, a.dtype, a.shape, a.strides) for a in inputs],
+           (out.__class__, out.dtype, out.shape, out.strides), None)
+    plan = plans.get(key)
+    if plan is None or not getattr(plan, "simple", False):
+        return None
+    return plan
+
+
 def _gemm_step(node, ins, outs, reuse) -> Callable:
-    from graphc.backend.llvm import gemm
+    """Gemm through numpy's BLAS (``np.dot(out=)`` into kept buffers).  scipy's BLAS
+    (graphc.backend.llvm.gemm) is another OpenBLAS build: measured on the development machine
+    it ran the per-step products of an RNN (32x256 @ 256x1024) 1.5x slower than numpy's, with
+    large products equal; and two OpenBLAS thread pools on the same cores slow each other down."""
     op: Gemm = node.op
     if node.outputs[0].dtype not in ("float32", "float64"):
         return None
     dtype = node.outputs[0].type.numpy_dtype
     bufs = _Buffers(1, reuse)
+    scratch = _Buffers(1, True)             # the product before z is added (never escapes)
     ta, tb, has_z, inplace = op.trans_a, op.trans_b, op.has_z, op.inplace
     trace = getattr(node.tag, "trace", [])
     out = outs[0]
 
     def step():
         x, y, alpha = ins[0][0], ins[1][0], ins[2][0]
-        m = x.shape[1] if ta else x.shape[0]
-        n = y.shape[0] if tb else y.shape[1]
-        k1, k2 = (x.shape[0] if ta else x.shape[1]), (y.shape[1] if tb else y.shape[0])
-        if k1 != k2:
-            raise shape_error(op, describe_values([x.T if ta else x, y.T if tb else y]),
-                              f"inner dimensions differ ({k1} vs {k2})", trace)
-        if has_z:
-            z, beta = ins[3][0], ins[4][0]
+        a = x.T if ta else x
+        b = y.T if tb else y
+        if a.shape[1] != b.shape[0]:
+            raise shape_error(op, describe_values([a, b]),
+                              f"inner dimensions differ ({a.shape[1]} vs {b.shape[0]})", trace)
+        if a.dtype != dtype or b.dtype != dtype:
+            raise TypeError(f"{op}: operands are {a.dtype} and {b.dtype}, expected {dtype}")
+        shape = (a.shape[0], b.shape[1])
+        alpha = float(alpha)
+        beta = float(ins[4][0]) if has_z else 0.0
+        if beta == 0.0:
+            c = bufs.get(0, shape, dtype)
+            if has_z:
+                _check_z(op, node, ins[3][0], shape)
+            np.dot(a, b, out=c)
+            if alpha != 1.0:
+                c *= alpha
+        else:
+            z = ins[3][0]
             # Theano's rule, as in Gemm.perform: z broadcasts only where its type says so
             # (a plain ``c[...] = z`` would also stretch a size-1 dimension of a matrix)
-            _check_z(op, node, z, (m, n))
-            if inplace and z.shape == (m, n) and z.flags.c_contiguous and z.flags.writeable:
+            _check_z(op, node, z, shape)
+            p = scratch.get(0, shape, dtype)
+            np.dot(a, b, out=p)
+            if inplace and z.shape == shape and z.flags.c_contiguous and z.flags.writeable:
                 c = z
+                if beta != 1.0:
+                    c *= beta
             else:
-                c = bufs.get(0, (m, n), dtype)
-                c[...] = z
-            gemm(ta, tb, float(alpha), x, y, float(beta), c)
-        else:
-            c = bufs.get(0, (m, n), dtype)
-            gemm(ta, tb, float(alpha), x, y, 0.0, c)
+                c = bufs.get(0, shape, dtype)
+                np.multiply(z, beta, out=c) if beta != 1.0 else np.copyto(c, z)
+            if alpha != 1.0:
+                p *= alpha
+            c += p
         out[0] = c
     return step
 
@@ -190,6 +285,10 @@ class LLVMLinker:
             if o not in storage:
                 storage[o] = [o.data] if isinstance(o, Constant) else [None]
         escaping = _escaping(fgraph)
+        # destination cells of the outputs made by native fused kernels (see _fused_step)
+        dests = {o: [None] for o in fgraph.outputs if o.owner is not None
+                 and isinstance(o.owner.op, Fused) and o not in fgraph.inputs}
+        lent = set()
         steps: List = []
         for node in order:
             ins = [storage[i] for i in node.inputs]
@@ -199,7 +298,13 @@ class LLVMLinker:
             maker = STEP_MAKERS.get(type(node.op))
             if maker is not None:
                 try:
-                    step = maker(node, ins, outs, reuse)
+                    if maker is _fused_step:
+                        cells = [dests.get(o) for o in node.outputs]
+                        step = maker(node, ins, outs, reuse, cells)
+                        if step is not None:
+                            lent.update(o for o in node.outputs if o in dests)
+                    else:
+                        step = maker(node, ins, outs, reuse)
                 except Exception as e:  # a kernel the backend cannot build: run the reference
                     if config.debug:
                         print(f"graphc llvm: {node.op} runs on numpy: {e}")
@@ -209,7 +314,15 @@ class LLVMLinker:
             steps.append((step, node, ins))
 
         uses_numpy = any(isinstance(step, _PerformStep) for step, _, _ in steps)
-        if profile is None:
+        if profile is None and len(steps) == 1:
+            step0, node0, ins0 = steps[0]
+
+            def run():                      # one node (a typical scan step): no loop
+                try:
+                    step0()
+                except Exception as e:
+                    raise node_error(node0, [c[0] for c in ins0], e) from e
+        elif profile is None:
             def run():
                 for step, node, ins in steps:
                     try:
@@ -226,4 +339,10 @@ class LLVMLinker:
                         raise node_error(node, [c[0] for c in ins], e) from e
                     profile.add(node, time.perf_counter() - t0)
         run.uses_numpy = uses_numpy          # Function silences numpy warnings only then
+        # per function output: the cell that lends it a destination array, or None
+        run.destinations = [dests[o] if o in lent else None for o in fgraph.outputs]
         return storage, run
+
+
+# native steps of the nnet ops (cross-entropy, convolution, pooling) register themselves
+from graphc.link import llvm_ops  # noqa: E402,F401

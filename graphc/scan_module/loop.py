@@ -60,22 +60,28 @@ class PerStep:
 _cache = {}
 
 
-def make_loop(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while):
-    """The step loop for this structure (generated once, then reused)."""
-    key = (n_seqs, state_taps, lags, tuple(state_ndims), n_final, n_nit, as_while)
+def make_loop(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while,
+              lend=None):
+    """The step loop for this structure (generated once, then reused).  ``lend[k]``: state
+    k's inner output can be written straight into its buffer row (argument ``dst{k}``, the
+    inner function's destination cell for it)."""
+    lend = tuple(bool(x) for x in lend) if lend is not None else (False,) * len(state_taps)
+    key = (n_seqs, state_taps, lags, tuple(state_ndims), n_final, n_nit, as_while, lend)
     fn = _cache.get(key)
     if fn is None:
         fn = _cache[key] = _generate(*key)
     return fn
 
 
-def arg_names(n_seqs, state_taps, n_final, n_nit, as_while):
+def arg_names(n_seqs, state_taps, n_final, n_nit, as_while, lend=None):
     args = []
     for j in range(n_seqs):
         args += [f"seq{j}", f"in_seq{j}"]
     for k, taps in enumerate(state_taps):
         args += [f"buf{k}", f"out_st{k}", f"shape{k}"]
         args += [f"in_tap{k}_{i}" for i in range(len(taps))]
+        if lend and lend[k]:
+            args.append(f"dst{k}")
     for i in range(n_final):
         args += [f"fin{i}", f"in_fin{i}", f"out_fin{i}"]
     for j in range(n_nit):
@@ -85,8 +91,8 @@ def arg_names(n_seqs, state_taps, n_final, n_nit, as_while):
     return args
 
 
-def _generate(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while):
-    args = arg_names(n_seqs, state_taps, n_final, n_nit, as_while)
+def _generate(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while, lend):
+    args = arg_names(n_seqs, state_taps, n_final, n_nit, as_while, lend)
     # tap -1 of a state reads the value the previous step returned: pass that array on
     # instead of indexing the buffer (0-d values may be numpy scalars: those are indexed)
     handoff = {(k, i) for k, taps in enumerate(state_taps) for i, tau in enumerate(taps)
@@ -101,12 +107,19 @@ def _generate(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while):
                 body.append(f"in_tap{k}_{i}[0] = buf{k}[t + {lags[k] + tau}, ...]")
     for i in range(n_final):
         body.append(f"in_fin{i}[0] = fin{i}.cur")
+    for k in range(len(state_taps)):
+        if lend[k]:      # lend the buffer row: a step that wrote into it needs no copy
+            body += [f"d{k} = buf{k}[t + {lags[k]}, ...]", f"dst{k}[0] = d{k}"]
     body.append("run()")
     for k, taps in enumerate(state_taps):
-        body += [f"v = out_st{k}[0]",
-                 f"if v.shape != shape{k}:",
+        store = [f"if v.shape != shape{k}:",
                  f"    raise StepShapeError('state', {k}, v)",
                  f"buf{k}[t + {lags[k]}] = v"]
+        body.append(f"v = out_st{k}[0]")
+        if lend[k]:
+            body += [f"if v is not d{k}:"] + ["    " + line for line in store]
+        else:
+            body += store
         body += [f"in_tap{k}_{i}[0] = v" for i in range(len(taps)) if (k, i) in handoff]
     for i in range(n_final):
         body.append(f"fin{i}.store(out_fin{i}[0], {i})")

@@ -199,6 +199,10 @@ class Scan(Op):
         for s, c in zip(seqs, c_seq):
             args += [s, c]
         bufs = []
+        # states written straight into their buffer rows (0-d rows would be numpy scalars)
+        dests = fn.dest_cells[:info.n_states]
+        lend = [d is not None and t[0].ndim > 0
+                for d, t in zip(dests, self.split_inner_inputs()[1])]
         for k, (lag, taps) in enumerate(zip(info.lags, info.state_taps)):
             init = inits[k]
             if init.shape[0] < lag:
@@ -210,6 +214,8 @@ class Scan(Op):
             buf[:lag] = init[:lag]
             bufs.append(buf)
             args += [buf, o_st[k], buf.shape[1:]] + list(c_taps[k])
+            if lend[k]:
+                args.append(dests[k])
         finals = [_Final(f, node.outputs[info.n_states + i].type.numpy_dtype)
                   for i, f in enumerate(finits)]
         for f, ci, co in zip(finals, c_fin, o_fin):
@@ -221,12 +227,16 @@ class Scan(Op):
             args.append(o_cond)
         loop = make_loop(info.n_seqs, info.state_taps, info.lags,
                          [t[0].ndim for t in self.split_inner_inputs()[1]], info.n_final,
-                         info.n_nit, info.as_while)
+                         info.n_nit, info.as_while, lend)
         try:
             with np.errstate(all="ignore"):
                 n_done = loop(n, fn.run, *args)
         except Exception as e:
             raise self._step_error(node, e) from None
+        finally:
+            for d in dests:             # never lend a row of this loop's buffers later
+                if d is not None:
+                    d[0] = None
         for k, (lag, buf) in enumerate(zip(info.lags, bufs)):
             output_storage[k][0] = buf[:lag + n_done] if n_done < n else buf
         for i, f in enumerate(finals):

@@ -85,6 +85,10 @@ class InnerFunction:
         self.in_cells: List[list] = self.fn._in_cells
         self.out_cells: List[list] = self.fn._out_cells
         self.run = self.fn._run
+        # per output, a cell through which the loop may lend the array to write it into
+        # (the LLVM backend's fused kernels take it; other backends have none)
+        self.dest_cells: List[Optional[list]] = list(
+            getattr(self.run, "destinations", None) or [None] * len(self.out_cells))
 
     def __call__(self, values):
         for cell, v in zip(self.in_cells, values):
