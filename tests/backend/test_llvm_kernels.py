@@ -511,7 +511,7 @@ def _result(proc):
 
 
 def _entry_is_valid(cachedir):
-    (entry,) = [p for p in cachedir.iterdir()]
+    (entry,) = [p for p in cachedir.iterdir() if p.suffix == ".o"]
     old = jit._compiledir_override
     try:
         gl.set_compiledir(cachedir)
@@ -523,8 +523,10 @@ def _entry_is_valid(cachedir):
 def test_persistent_cache_across_processes(tmp_path):
     first = _result(_child(tmp_path))
     assert first["ok"] and first["compiled"] == 1 and first["entries"] == 1
+    assert first["ir_built"] == 1                   # the one variant it runs
     second = _result(_child(tmp_path))
     assert second["ok"] and second["compiled"] == 0 and second["disk_hits"] == 1
+    assert second["ir_built"] == 0                  # a warm hit never runs the IR builder
     # A truncated entry is detected, rebuilt and rewritten whole.
     (entry,) = [p for p in tmp_path.iterdir() if p.suffix == ".o"]
     entry.write_bytes(entry.read_bytes()[:100])
@@ -537,6 +539,53 @@ def test_persistent_cache_across_processes(tmp_path):
     racers = [_child(tmp_path), _child(tmp_path)]
     assert all(_result(p)["ok"] for p in racers)
     assert _entry_is_valid(tmp_path)
+
+
+def test_codegen_change_invalidates(tmp_path, monkeypatch):
+    """Keys hash the codegen sources: an edited codegen (simulated by another source hash)
+    misses the cache, builds IR and compiles, instead of loading stale machine code."""
+    import hashlib
+    import importlib
+    from graphc.backend.llvm import codegen
+    here = os.path.dirname(jit.__file__)
+    h = hashlib.sha256()
+    for name in jit.CODEGEN_SOURCES:
+        with open(os.path.join(here, name), "rb") as f:
+            h.update(name.encode() + b"\0" + f.read() + b"\0")
+    assert jit.codegen_version() == h.hexdigest()
+    # every module of this package that codegen.py builds on, directly or not, is hashed
+    pkg, seen, todo = "graphc.backend.llvm.", set(), [codegen]
+    while todo:
+        mod = todo.pop()
+        assert os.path.basename(mod.__file__) in jit.CODEGEN_SOURCES, mod.__name__
+        for v in vars(mod).values():
+            name = v.__name__ if hasattr(v, "__file__") else getattr(v, "__module__", "")
+            if isinstance(name, str) and name.startswith(pkg) and name not in seen:
+                seen.add(name)
+                todo.append(importlib.import_module(name))
+    assert {pkg + "scalar", pkg + "vmath"} <= seen
+
+    monkeypatch.setattr(jit, "_compiledir_override", str(tmp_path))
+    from graphc.backend.llvm import kernel as kernel_module
+    checks, check = [], kernel_module.check_renders
+    monkeypatch.setattr(kernel_module, "check_renders", lambda s: checks.append(s) or check(s))
+    spec = KernelSpec(("float64",), (("mul", (("in", 0), ("const", 3.5, "float64")), "float64"),),
+                      (("eq", 0),))
+    x, out = np.arange(4.0), np.empty(4)
+
+    def fresh_run():                        # a new Kernel, as in a new process
+        before = dict(jit.stats)
+        gl.Kernel(spec)([x], [out])
+        assert out.tolist() == (x * 3.5).tolist()
+        return {k: jit.stats[k] - before[k] for k in ("compiled", "disk_hits", "ir_built")}
+    assert fresh_run() == {"compiled": 1, "disk_hits": 0, "ir_built": 1}
+    # same codegen: the loaded code is reused, no IR is built and the render check is
+    # remembered (disk hits across processes: test_persistent_cache_across_processes)
+    assert fresh_run() == {"compiled": 0, "disk_hits": 0, "ir_built": 0}
+    assert len(checks) == 1
+    monkeypatch.setattr(jit, "_codegen_version", "0" * 64)
+    assert fresh_run() == {"compiled": 1, "disk_hits": 0, "ir_built": 1}
+    assert len(checks) == 2
 
 
 def test_clear_cache(tmp_path, monkeypatch):
@@ -619,3 +668,19 @@ def test_blas_pointer():
         assert isinstance(gl.blas_pointer(name), int) and gl.blas_pointer(name) > 0
     with pytest.raises(ValueError):
         gl.blas_pointer("no_such_routine")
+
+
+def test_blas_pointer_skips_scipy_linalg_import():
+    """The BLAS capsules come without importing scipy.linalg (~150 ms of a first call); a later
+    import of scipy.linalg shares the same extension module."""
+    code = ("import sys\nfrom graphc.backend.llvm import blas\n"
+            "before = 'scipy.linalg' in sys.modules\n"
+            "a = blas.blas_pointer('sgemm')\nskipped = ('scipy.linalg' in sys.modules) == before\n"
+            "import scipy.linalg.cython_blas as cb\n"
+            "print(skipped, cb is blas._cython_blas(), a == blas._get_pointer("
+            "cb.__pyx_capi__['sgemm'], blas._get_name(cb.__pyx_capi__['sgemm'])))")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True"]

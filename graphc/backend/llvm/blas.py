@@ -13,6 +13,10 @@ no unit stride (e.g. ``x[::2, ::3]``) are copied.
 from __future__ import annotations
 
 import ctypes
+import importlib.machinery
+import importlib.util
+import os
+import sys
 
 import numpy as np
 
@@ -24,15 +28,45 @@ _get_pointer.restype = ctypes.c_void_p
 _get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 _addresses: dict = {}
+_module = None
+
+
+def _cython_blas():
+    """scipy.linalg.cython_blas, without running scipy.linalg's __init__ when possible.
+
+    That __init__ imports most of scipy.linalg (~150 ms, counted in every process's first
+    compile); the extension module itself loads in ~2 ms and needs none of it. Cython keeps one
+    module object per process, so a later ``import scipy.linalg`` gets this same module.
+    """
+    global _module
+    if _module is None:
+        _module = sys.modules.get("scipy.linalg.cython_blas") or _load_cython_blas()
+    return _module
+
+
+def _load_cython_blas():
+    try:
+        import scipy
+        folder = os.path.join(scipy.__path__[0], "linalg")
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "cython_blas" + suffix)
+            if os.path.exists(path):
+                spec = importlib.util.spec_from_file_location("scipy.linalg.cython_blas", path)
+                mod = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(mod)
+                return mod
+    except Exception:                      # any surprise: the ordinary import below
+        pass
+    from scipy.linalg import cython_blas
+    return cython_blas
 
 
 def blas_pointer(name: str) -> int:
     """Address of the BLAS routine ``name`` ('sgemm', 'dgemv', 'saxpy', ...)."""
     addr = _addresses.get(name)
     if addr is None:
-        from scipy.linalg import cython_blas
         try:
-            capsule = cython_blas.__pyx_capi__[name]
+            capsule = _cython_blas().__pyx_capi__[name]
         except KeyError:
             raise ValueError(f"no BLAS routine named {name!r} in scipy.linalg.cython_blas") \
                 from None

@@ -315,6 +315,25 @@ class _Builder:
         return self.m._minmax(kind, x, y, dt)
 
 
+def check_renders(spec) -> None:
+    """Raise (ValueError, ...) where build_ir would for any variant of ``spec``: an op, dtype
+    or reduction the backend cannot render. Emits the scalar body once, on function arguments,
+    with no loops and no IR text: a fraction of the cost of build_ir."""
+    n_ops = len(spec.in_dtypes) + len(spec.outputs)
+    v = Variant("reduce" if spec.reduce else "map", 1, 0, ("1",) * n_ops, False)
+    if v.mode != "map" and len(spec.outputs) != 1:
+        raise ValueError("a reduction variant needs a spec with one output and a reduce")
+    bld = _Builder(spec, v)
+    # stand-ins for the loaded input registers: values of the right types, never printed
+    ins = [ir.Argument(bld.fn, dt.reg, name=f"x{k}") for k, dt in enumerate(bld.in_dts)]
+    outs = bld.m.emit(spec, ins)
+    if spec.reduce is not None:
+        kind, out_dt = spec.reduce[0], bld.out_dts[0]
+        acc_dt = accumulator_dtype(kind, out_dt)
+        reduce_identity(kind, acc_dt)
+        bld.combine(kind, outs[0], outs[0], out_dt)
+
+
 def build_ir(spec, variant: Variant) -> str:
     """LLVM IR text for ``spec`` under ``variant``; the entry point is named PLACEHOLDER."""
     if variant.mode != "map" and (spec.reduce is None or len(spec.outputs) != 1):

@@ -2,20 +2,26 @@
 
 Every kernel goes through the same path, whether or not it was compiled before:
 
-    IR text --sha256(IR + CPU + features + versions)--> key
-    key --disk cache hit--> object code
-        --miss--> parse, verify, optimize (O3 + loop/SLP vectorizer), emit object, store
+    (KernelSpec, Variant) --sha256(spec + variant + codegen sources + CPU + features
+                                   + versions + flags)--> key
+    key --disk cache hit--> object code                         (no IR is built)
+        --miss--> build IR, parse, verify, optimize (O3 + loop vectorizer), emit object, store
     object code --add_object_file--> the process-wide MCJIT engine --> function address
 
-Going through object code even on a miss keeps one loading path (so the cache path is the
-path every test exercises) and costs ~1 ms.
+The key is computed from the *inputs* of code generation, not from the IR text, so a warm
+process never runs the (slow, pure Python) IR builder. To keep that sound, the key includes a
+hash of the source text of every module that decides what code a (spec, variant) becomes
+(``CODEGEN_SOURCES``): editing any of them changes every key. Going through object code even
+on a miss keeps one loading path (so the cache path is the path every test exercises) and
+costs ~1 ms.
 
 Cache entries are files ``<compiledir>/<key>.o`` made of a header (magic, payload length,
 sha256 of the payload) followed by the object code. A writer writes to a temporary file in the
 same directory and ``os.replace``s it, so readers in other processes see the old entry or the
 new one, never half of one. A reader that finds a bad header, a wrong length or a wrong hash
 treats the entry as missing and rebuilds it. Two processes compiling the same key at once both
-write complete, identical entries; the last rename wins.
+write complete, identical entries; the last rename wins. Empty ``<key>.ok`` files are markers
+(see ``mark``): facts about a key that are cheaper to remember than to recompute.
 
 See /work/shared/TOOLCHAIN.md for the llvmlite 0.50 facts this relies on (new pass manager only,
 host CPU name + features for AVX, emit_object instead of set_object_cache).
@@ -32,14 +38,18 @@ import threading
 import llvmlite
 import llvmlite.binding as llvm
 
-# Changes to anything that alters generated code but is not visible in the IR text (the pass
-# pipeline, target machine options, the loading convention) must change this string: it is part
-# of every cache key.
-CODEGEN_FLAGS = "graphc-llvm;O3;loopvec;slp;reloc=pic;codemodel=default;opts=rtcheck64"
+# Part of every cache key, with the hash of CODEGEN_SOURCES: names the pass pipeline, target
+# machine options and loading convention (already covered by jit.py's own source hash, but this
+# string says in words what a key promises).
+CODEGEN_FLAGS = "graphc-llvm;O3;loopvec;noslp;reloc=pic;codemodel=default;opts=rtcheck64"
+
+# Modules whose source text decides what machine code a (KernelSpec, Variant) becomes, relative
+# to this directory. Their hash is part of every key: edit one and every entry is rebuilt.
+# kernel.py is not listed: it chooses *which* variant runs, and the variant is in the key.
+CODEGEN_SOURCES = ("codegen.py", "scalar.py", "vmath.py", "jit.py", "../kernel_spec.py")
 
 # The generated IR names its entry point with this placeholder; the real, unique name
-# ("gk_" + key prefix) is substituted once the key is known, so the key hashes the IR without
-# depending on its own value.
+# ("gk_" + key prefix) is substituted once the key is known.
 PLACEHOLDER = "GRAPHC_KERNEL_PLACEHOLDER"
 
 _MAGIC = b"GRAPHCO1"
@@ -49,7 +59,8 @@ _lock = threading.RLock()                   # guards the engine, the loaded-symb
 _state = None                               # lazily built _Target
 _loaded: dict = {}                          # function name -> address (already in the engine)
 _compiledir_override = None
-stats = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt_corrupt": 0}
+_codegen_version = None
+stats = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt_corrupt": 0, "ir_built": 0}
 
 
 class _Target:
@@ -84,7 +95,11 @@ class _Target:
     def optimize(self, mod):
         pto = llvm.create_pipeline_tuning_options(speed_level=3)
         pto.loop_vectorization = True
-        pto.slp_vectorization = True        # off by default in llvmlite
+        # The SLP vectorizer stays off (llvmlite's default): on kernels already vectorized by
+        # the loop vectorizer it found nothing to gain (selfbench: same or better run time
+        # without it) and it took ~60% of the optimizer's time on the LSTM's kernels
+        # (550 -> 240 ms CPU for 12 kernels).
+        pto.slp_vectorization = False
         pb = llvm.create_pass_builder(self.tm, pto)
         pb.getModulePassManager().run(mod, pb)
 
@@ -95,6 +110,34 @@ def target() -> _Target:
         if _state is None:
             _state = _Target()
         return _state
+
+
+def codegen_version() -> str:
+    """sha256 of the source text of CODEGEN_SOURCES (read once per process).
+
+    When a source cannot be read (e.g. a zipped install), a per-process random value is used
+    instead: nothing is shared across processes then, but no stale entry is ever trusted.
+    """
+    global _codegen_version
+    if _codegen_version is None:
+        h = hashlib.sha256()
+        here = os.path.dirname(os.path.abspath(__file__))
+        try:
+            for name in CODEGEN_SOURCES:
+                with open(os.path.join(here, name), "rb") as f:
+                    h.update(name.encode() + b"\0" + f.read() + b"\0")
+        except OSError:
+            h.update(os.urandom(32))
+        _codegen_version = h.hexdigest()
+    return _codegen_version
+
+
+def cache_key(*parts: str) -> str:
+    """The cache key of the code generated from ``parts`` (e.g. repr(spec), repr(variant)) on
+    this machine, with this codegen and these versions and flags."""
+    t = target()
+    text = "\n".join((codegen_version(), t.salt) + parts)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def graphc_flag(name, default):
@@ -126,6 +169,23 @@ def set_compiledir(path) -> None:
 
 def _entry_path(key: str) -> str:
     return os.path.join(compiledir(), key + ".o")
+
+
+def is_marked(key: str) -> bool:
+    """Was ``mark(key)`` called, by this or an earlier process, on this cache directory?"""
+    return os.path.exists(os.path.join(compiledir(), key + ".ok"))
+
+
+def mark(key: str) -> None:
+    """Remember a fact about ``key`` as an empty file (creating it is atomic enough: a marker
+    has no content to be half-written). Failing to write one only costs time later."""
+    d = compiledir()
+    try:
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, key + ".ok"), "ab"):
+            pass
+    except OSError:
+        pass
 
 
 def _read_entry(key: str):
@@ -193,7 +253,7 @@ def clear_cache() -> None:
     except OSError:
         return
     for name in names:
-        if name.endswith(".o") or name.endswith(".part"):
+        if name.endswith((".o", ".ok", ".part")):
             try:
                 os.unlink(os.path.join(d, name))
             except OSError:
@@ -226,23 +286,24 @@ def _compile(t: _Target, ir_text: str, debug: bool, title: str) -> bytes:
     return t.tm.emit_object(mod)
 
 
-def load_function(ir_text: str, debug=None, title: str = "") -> int:
-    """Compile (or fetch from the caches) IR whose entry point is named PLACEHOLDER.
+def load_function(key: str, make_ir, debug=None, title: str = "") -> int:
+    """The address, in this process, of the entry point of the code cached under ``key``.
 
-    Returns the address of the entry point in this process.
+    ``key`` comes from ``cache_key`` of everything the code is generated from; ``make_ir()``
+    returns its IR text (entry point named PLACEHOLDER) and is only called on a cache miss or
+    in debug mode.
     """
     t = target()
     debug = _debug_enabled(debug)
-    key = hashlib.sha256((ir_text + "\n" + t.salt).encode()).hexdigest()
     name = "gk_" + key[:32]
     with _lock:
         addr = _loaded.get(name)
         if addr is not None and not debug:
             stats["memory_hits"] += 1
             return addr
-        text = ir_text.replace(PLACEHOLDER, name)
         obj = None if debug else _read_entry(key)
         if obj is None:
+            text = make_ir().replace(PLACEHOLDER, name)
             obj = _compile(t, text, debug, title or name)
             stats["compiled"] += 1
             _write_entry(key, obj)

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..kernel_spec import KernelSpec
 from . import jit
-from .codegen import DATA_OFFSET, Variant, accumulator_dtype, build_ir, reduce_identity
+from .codegen import (DATA_OFFSET, Variant, accumulator_dtype, build_ir, check_renders,
+                      reduce_identity)
 from .scalar import DTYPES
 
 _NP_DTYPES = {name: np.dtype(name) for name in DTYPES}
@@ -175,11 +176,18 @@ class Kernel:
         self._plans = {}               # call signature -> Plan
         self._lock = threading.Lock()
         self.cost = _cost_per_element(spec)
+        self._spec_text = repr(spec)
         # Machine code is made per loop variant on first use, but an op/dtype pair the backend
-        # cannot render should fail here, at compile time: render the flat variant's IR now.
-        n_ops = len(spec.in_dtypes) + len(spec.outputs)
-        probe = Variant("reduce" if spec.reduce else "map", 1, 0, ("1",) * n_ops, PYOBJ)
-        build_ir(spec, probe)
+        # cannot render should fail here, at compile time, unless an earlier process checked
+        # this spec with the same codegen (the marker).
+        renders = jit.cache_key(self._spec_text, "renders")
+        if not jit.is_marked(renders):
+            check_renders(spec)
+            jit.mark(renders)
+
+    def _build_ir(self, variant):
+        jit.stats["ir_built"] += 1
+        return build_ir(self.spec, variant)
 
     def __repr__(self):
         ops = " ".join(op for op, _, _ in self.spec.eqns)
@@ -226,7 +234,8 @@ class Kernel:
             with self._lock:
                 fn = self._variants.get(variant)
                 if fn is None:
-                    addr = jit.load_function(build_ir(self.spec, variant), self.debug,
+                    key = jit.cache_key(self._spec_text, repr(variant))
+                    addr = jit.load_function(key, lambda: self._build_ir(variant), self.debug,
                                              title=repr(variant))
                     # c_void_p converts Python ints ~3x faster than c_int64 (1.3 vs 4 us for
                     # a 7-argument call, measured); the ABI is the same on x86-64.
