@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict
 
 import numpy as np
 
-from graphc.graph.basic import Apply, Constant, Op, Type, Variable, io_toposort, ancestors
+from graphc.graph.basic import Apply, Op, Type, Variable, io_toposort
 from graphc.tensor.type import TensorType, is_float
 
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from typing import List
 
-import numpy as np
 
 from graphc.graph.basic import Apply, Constant, Op, Variable, io_toposort
 

@@ -358,8 +358,6 @@ _MISSING = object()
 def _outputs_needing_copy(fgraph, n_in) -> List[int]:
     """Outputs that may share memory with an input, a shared value, a constant or another
     output: they are copied so the caller never aliases graphc's or its own buffers."""
-    roots = {}
-
     def root(v):
         seen = 0
         while v.owner is not None and seen < 10000:

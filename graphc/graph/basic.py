@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-import traceback
 from typing import Dict, Iterable, List, Optional, Sequence
 
 _GRAPHC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,8 +20,7 @@ import numpy as np
 
 from graphc.backend.kernel_spec import DTYPES
 from graphc.configdefaults import config
-from graphc.graph.basic import Constant
-from graphc.link.py import node_error
+from graphc.link.py import make_storage, node_error
 from graphc.tensor.blas import Gemm, _check_z
 from graphc.tensor.elemwise import Elemwise, describe_values, shape_error
 from graphc.tensor.fused import Fused
@@ -273,17 +272,8 @@ class LLVMLinker:
     name = "llvm"
 
     def link(self, fgraph, profile=None):
-        storage = {v: [None] for v in fgraph.inputs}
         order = fgraph.toposort()
-        for node in order:
-            for v in node.inputs:
-                if v not in storage:
-                    storage[v] = [v.data] if isinstance(v, Constant) else [None]
-            for o in node.outputs:
-                storage[o] = [None]
-        for o in fgraph.outputs:
-            if o not in storage:
-                storage[o] = [o.data] if isinstance(o, Constant) else [None]
+        storage = make_storage(fgraph, order)
         escaping = _escaping(fgraph)
         # destination cells of the outputs made by native fused kernels (see _fused_step)
         dests = {o: [None] for o in fgraph.outputs if o.owner is not None

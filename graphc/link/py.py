@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 from graphc.graph.basic import Constant, format_trace
 from graphc.tensor.elemwise import ShapeError, describe_values
@@ -33,27 +32,28 @@ def node_error(node, values, exc):
     return cls(msg)
 
 
+def make_storage(fgraph, order):
+    """One cell ``[value]`` per variable of the graph; constants hold their data."""
+    storage = {v: [None] for v in fgraph.inputs}
+    for node in order:
+        for v in node.inputs:
+            if v not in storage:
+                storage[v] = [v.data] if isinstance(v, Constant) else [None]
+        for o in node.outputs:
+            storage[o] = [None]
+    for o in fgraph.outputs:
+        if o not in storage:
+            storage[o] = [o.data] if isinstance(o, Constant) else [None]
+    return storage
+
+
 class PyLinker:
     name = "py"
 
     def link(self, fgraph, profile=None):
         """Storage cells for every variable and a ``run()`` that computes the outputs."""
-        storage = {}
-        for v in fgraph.inputs:
-            storage[v] = [None]
         order = fgraph.toposort()
-        for node in order:
-            for v in node.inputs:
-                if v not in storage:
-                    if isinstance(v, Constant):
-                        storage[v] = [v.data]
-                    else:
-                        storage[v] = [None]
-            for o in node.outputs:
-                storage[o] = [None]
-        for o in fgraph.outputs:
-            if o not in storage:
-                storage[o] = [o.data] if isinstance(o, Constant) else [None]
+        storage = make_storage(fgraph, order)
         steps = []
         for node in order:
             steps.append((node.op.perform, node, [storage[i] for i in node.inputs],

@@ -5,8 +5,6 @@ folded in wherever they are known, so most shape graphs are constants after rewr
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from graphc.graph.basic import Apply, Constant, Op, Variable

@@ -8,8 +8,6 @@ gradient) and return one gradient per input, built from graphc's own tensor ops,
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
-
 import numpy as np
 import scipy.special
 
