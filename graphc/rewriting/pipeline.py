@@ -11,13 +11,13 @@ from __future__ import annotations
 import gc
 
 from graphc.configdefaults import config
-from graphc.rewriting import canonicalize, fusion, inplace, specialize, stabilize
+from graphc.rewriting import canonicalize, fusion, inplace, specialize, stabilize, subtensor_rules
 from graphc.rewriting.engine import RuleSet, run_rules
 
 
 def optimize(fgraph, mode):
     """Rewrite ``fgraph`` in place with the passes of ``mode``; returns fgraph."""
-    canon = canonicalize.RULES
+    canon = canonicalize.RULES + subtensor_rules.RULES
     pipelines = {
         "fast_compile": [
             ("merge", _plain(canonicalize.merge)),
