@@ -59,8 +59,8 @@ FLAGS = [
          choices=("auto", "py", "llvm", "cuda")),
     Flag("compiledir", os.path.join(os.path.expanduser("~"), ".cache", "graphc"),
          "Directory of the persistent compile cache."),
-    Flag("profile", False, "Print a per-op time profile when a function is garbage-collected "
-         "or when graphc.printing.profile_report() is called.", parse=_bool),
+    Flag("profile", False, "Collect a per-op time profile in every compiled function "
+         "(f.profile); print it with graphc.printing.profile_report(f).", parse=_bool),
     Flag("optimizer_verbose", False, "Print every rewrite applied: rule name, before, after.",
          parse=_bool),
     Flag("optimizer_excluding", "", "Colon-separated names of rewrite passes to switch off."),
@@ -73,7 +73,8 @@ FLAGS = [
          choices=("off", "ignore")),
     Flag("cast_policy", "custom", "Theano compatibility; graphc always uses weak Python scalars.",
          choices=("custom", "numpy+floatX")),
-    Flag("warn_float64", "ignore", "What to do when a float64 variable is created: ignore, warn, raise.",
+    Flag("warn_float64", "ignore", "What to do when a float64 tensor variable is created "
+         "(inputs and intermediates): ignore, warn, raise.",
          choices=("ignore", "warn", "raise")),
     Flag("openmp", True, "Use several threads in native kernels.", parse=_bool),
 ]

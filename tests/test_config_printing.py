@@ -173,3 +173,13 @@ def test_profile_report():
     g = graphc.function([x], x + 1)
     with pytest.raises(ValueError, match="profile=True"):
         profile_report(g)
+
+
+def test_warn_float64_raises_and_names_the_line():
+    with graphc.config.change_flags(warn_float64="raise"):
+        T.fmatrix("ok")
+        with pytest.raises(TypeError, match="float64 variable 'x'"):
+            T.dmatrix("x")
+    with graphc.config.change_flags(warn_float64="warn"):
+        with pytest.warns(UserWarning, match="test_config_printing.py"):
+            T.fvector("v") * np.float64(2.0).item() + T.dvector("w")

@@ -156,7 +156,24 @@ class TensorType(Type):
 
     def make_variable(self, name=None):
         from graphc.tensor.var import TensorVariable
+        if self.dtype == "float64":
+            _check_float64(name)
         return TensorVariable(self, None, None, name)
+
+
+def _check_float64(name):
+    """``warn_float64``: Theano's guard against float64 sneaking into float32 (GPU) graphs."""
+    from graphc.configdefaults import config
+    policy = config.warn_float64
+    if policy == "ignore":
+        return
+    from graphc.graph.basic import format_trace, user_trace
+    msg = (f"a float64 variable{' ' + repr(name) if name else ''} was created "
+           f"(warn_float64={policy}):\n{format_trace(user_trace())}")
+    if policy == "raise":
+        raise TypeError(msg)
+    import warnings
+    warnings.warn(msg, stacklevel=3)
 
 
 def _safe_cast(arr, dtype) -> bool:
