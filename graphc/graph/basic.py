@@ -270,10 +270,16 @@ class Op:
 def io_toposort(inputs: Iterable[Variable], outputs: Iterable[Variable]) -> List[Apply]:
     """Apply nodes between ``inputs`` and ``outputs`` in topological order (iterative DFS)."""
     stop = set(inputs)
+    return post_order(outputs, lambda v: v.owner is None or v in stop)
+
+
+def post_order(outputs: Iterable[Variable], is_leaf) -> List[Apply]:
+    """Producers of ``outputs`` in topological order, not entering variables for which
+    ``is_leaf(v)`` holds (graph inputs, or nodes already known to the caller)."""
     order: List[Apply] = []
     seen = set()
     for out in outputs:
-        if out.owner is None or out in stop or out.owner in seen:
+        if is_leaf(out) or out.owner in seen:
             continue
         stack = [(out.owner, 0)]
         seen.add(out.owner)
@@ -282,7 +288,7 @@ def io_toposort(inputs: Iterable[Variable], outputs: Iterable[Variable]) -> List
             if i < len(node.inputs):
                 stack[-1] = (node, i + 1)
                 v = node.inputs[i]
-                if v.owner is not None and v not in stop and v.owner not in seen:
+                if not is_leaf(v) and v.owner not in seen:
                     seen.add(v.owner)
                     stack.append((v.owner, 0))
             else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Sequence, Tuple
 
-from graphc.graph.basic import Apply, Variable, clone_get_equiv, io_toposort
+from graphc.graph.basic import Apply, Variable, clone_get_equiv, io_toposort, post_order
 
 OUTPUT = "output"   # the client "node" of a graph output
 
@@ -63,22 +63,7 @@ class FunctionGraph:
         variable by var would add)."""
         def known(v):
             return v.owner is None or v.owner in self.apply_nodes or v in self._input_set
-        if known(var):
-            return []
-        order, seen = [], {var.owner}
-        stack = [(var.owner, 0)]
-        while stack:
-            node, i = stack[-1]
-            if i < len(node.inputs):
-                stack[-1] = (node, i + 1)
-                v = node.inputs[i]
-                if not known(v) and v.owner not in seen:
-                    seen.add(v.owner)
-                    stack.append((v.owner, 0))
-            else:
-                stack.pop()
-                order.append(node)
-        return order
+        return post_order([var], known)
 
     def _prune(self, var):
         """Remove var's producer (recursively) if nothing uses its outputs any more."""
