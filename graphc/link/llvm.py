@@ -87,7 +87,11 @@ def _fused_step(node, ins, outs, reuse, dests=None) -> Callable:
     kernel = compile_kernel(op.to_kernel_spec())
     out_dtypes = [o.type.numpy_dtype for o in node.outputs]
     bufs = _Buffers(len(outs), reuse)
-    destroy = dict(op.destroy) if op.reduce is None else {}
+    # destroy_map is a permission, not a duty. A kernel whose output is one of its inputs
+    # runs 4-5x slower (the vectorized loop's runtime overlap check sends it to the scalar
+    # loop; measured on the MLP's tanh(gemm + b) nodes), and intermediate buffers are kept
+    # across calls anyway, so native kernels always write into their own buffer.
+    destroy = {}
     check = op._broadcast_shape
     reduce_axes = op.reduce[1] if op.reduce is not None else None
     n_out = len(outs)
