@@ -22,20 +22,16 @@ from graphc.backend.kernel_spec import DTYPES
 from graphc.configdefaults import config
 from graphc.link.py import make_storage, node_error
 from graphc.tensor.blas import Gemm, _check_z
-from graphc.tensor.elemwise import Elemwise, describe_values, shape_error
+from graphc.tensor.elemwise import describe_values, shape_error
 from graphc.tensor.fused import Fused
 
 
 def _aliased_inputs(node, k) -> list:
     """Positions of the inputs whose buffer output ``k`` of ``node`` may share: declared
-    views, inputs taken over in place, and the value input of Elemwise identity/second,
-    whose numpy perform returns that input (or a broadcast view of it) without declaring
-    a view_map."""
+    views and inputs taken over in place (Elemwise.perform always returns fresh arrays)."""
     op = node.op
     pos = list((getattr(op, "view_map", None) or {}).get(k, ()))
     pos += (getattr(op, "destroy_map", None) or {}).get(k, ())
-    if isinstance(op, Elemwise) and op.scalar_op.name in ("identity", "second"):
-        pos.append(len(node.inputs) - 1)
     return pos
 
 

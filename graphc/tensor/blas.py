@@ -41,6 +41,17 @@ def _check_z(op, node, z, shape):
                               f"the product has {s}", getattr(node.tag, "trace", []))
 
 
+def _accumulate(r, z, beta, inplace):
+    """beta * z + r: into z's buffer when the op is in place, else into r (a fresh product)."""
+    if inplace:
+        if beta != 1:
+            z *= beta
+        z += r
+        return z
+    r += z if beta == 1 else beta * z
+    return r
+
+
 class Gemm(Op):
     """beta * z + alpha * dot(x or x.T, y or y.T); inputs (x, y, alpha[, z, beta])."""
 
@@ -91,13 +102,7 @@ class Gemm(Op):
         if self.has_z:
             z, beta = inputs[3], inputs[4]
             _check_z(self, node, z, r.shape)
-            if self.inplace:
-                if beta != 1:
-                    z *= beta
-                z += r
-                r = z
-            else:
-                r += z if beta == 1 else beta * z
+            r = _accumulate(r, z, beta, self.inplace)
         out[0][0] = r
 
     def infer_shape(self, node, shapes):
@@ -151,13 +156,7 @@ class Gemv(Op):
             if not node.inputs[3].type.broadcastable[0] and v.shape[0] != r.shape[0]:
                 raise shape_error(self, describe_values([v]), f"v has length {v.shape[0]}, "
                                   f"the product {r.shape[0]}", getattr(node.tag, "trace", []))
-            if self.inplace:
-                if beta != 1:
-                    v *= beta
-                v += r
-                r = v
-            else:
-                r += v if beta == 1 else beta * v
+            r = _accumulate(r, v, beta, self.inplace)
         out[0][0] = r
 
     def infer_shape(self, node, shapes):
