@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import frameworks, report
-from .harness import REPO, THREAD_VARS, worker_env, run_framework
+from .harness import REPO, THREAD_VARS, byte_compile, worker_env, run_framework
 from .limits import machine_info
 from .models import discover as discover_models
 from .workloads import all_workloads
@@ -138,6 +138,7 @@ def main(argv=None) -> int:
     say(f"graphc bench: device={device}, threads={args.threads}, reps={opts['reps']}"
         f"{', quick' if args.quick else ''}; workdir {workdir}")
 
+    byte_compile()
     work = write_references({w.name: w for w in base + compile_targets}.values(), device, workdir)
     if "limits" in args.only or any(w.bound for w in base):
         say("measuring machine limits ...")

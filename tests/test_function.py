@@ -300,3 +300,28 @@ def test_results_survive_later_calls_and_inputs_are_never_modified(mode):
     before = held.copy()
     f(a)
     np.testing.assert_array_equal(held, before)
+
+
+@mode_param
+def test_single_output_calls_return_fresh_arrays(mode):
+    """One output and nothing else to do (the short way out of Function.__call__): every
+    call still returns a new array of its own, also when the output is an input, a shared
+    value or a 0-d result; a shape error raises and the next good call runs."""
+    s = graphc.shared(np.arange(4.0), name="s")
+    x = T.dvector("x")
+    step = graphc.function([], s * 1.5 + 1, mode=mode)
+    first = step()
+    second = step()
+    assert first is not second and not np.shares_memory(first, second)
+    np.testing.assert_array_equal(first, np.arange(4.0) * 1.5 + 1)
+    np.testing.assert_array_equal(second, first)
+    same = graphc.function([x], x, mode=mode)
+    xv = np.ones(3)
+    assert not np.shares_memory(same(xv), xv)
+    assert not np.shares_memory(graphc.function([], s, mode=mode)(), s.get_value(borrow=True))
+    total = graphc.function([x], T.sum(x), mode=mode)(xv)
+    assert type(total) is np.ndarray and total.shape == () and total == 3.0
+    pairs = graphc.function([x], x[:2] + x, mode=mode)
+    with pytest.raises(ValueError):
+        pairs(xv)
+    assert pairs(np.ones(2)).tolist() == [2.0, 2.0]

@@ -267,6 +267,10 @@ class Function:
                       for t in self._types]
         # numpy's floating-point warnings are silenced only when numpy runs some node
         self._errstate = getattr(self._run, "uses_numpy", True)
+        self._run_call = _quiet(self._run) if self._errstate else self._run
+        # one output returned as is: no copy, no update, no profile (the short way out)
+        self._plain = single and n_out == 1 and not update_targets and not self._copy and \
+            self.profile is None
         self.trust_input = False
 
     @property
@@ -314,26 +318,39 @@ class Function:
         return values
 
     def __call__(self, *args, **kwargs):
-        if kwargs or len(args) != len(self._in_cells):
+        # the per-call path: kept flat, it is most of the cost of a small graph
+        cells = self._in_cells
+        if kwargs or len(args) != len(cells):
             args = self._bind(args, kwargs)
         fast = self._fast
-        for k, v in enumerate(args):
+        k = 0
+        for v in args:
             f = fast[k]
-            if f is None or type(v) is not np.ndarray or v.dtype != f[0] or v.ndim != f[1]:
+            if f is None or type(v) is not np.ndarray or \
+                    (v.dtype is not f[0] and v.dtype != f[0]) or v.ndim != f[1]:
                 v = self._convert(k, v)
-            self._in_cells[k][0] = v
+            cells[k][0] = v
+            k += 1
         for cell, container in self._shared_cells:
             cell[0] = container[0]
+        plain = self._plain
         try:
-            if self._errstate:
-                with np.errstate(all="ignore"):
-                    self._run()
-            else:
-                self._run()
-            results = [c[0] for c in self._out_cells]
+            self._run_call()
+            # read before the input cells are cleared: an output may be an input's cell
+            # (never in the plain case, whose output needs no copy)
+            results = None if plain else [c[0] for c in self._out_cells]
         finally:
-            for cell in self._in_cells:     # don't keep the caller's arrays alive
+            for cell in cells:              # don't keep the caller's arrays alive
                 cell[0] = None
+        if plain:
+            r = self._out_cells[0][0]
+            if type(r) is np.ndarray:
+                return r
+            results = [r]
+        return self._finish(results)
+
+    def _finish(self, results):
+        """Copies, updates and conversions of the raw outputs of the call that just ran."""
         if self.profile is not None:
             self.profile.calls += 1
         for k in self._copy:
@@ -350,6 +367,14 @@ class Function:
         if self.single:
             return results[0]
         return results
+
+
+def _quiet(run):
+    """``run`` with numpy's floating-point warnings silenced (graphs where numpy runs nodes)."""
+    def run_quiet():
+        with np.errstate(all="ignore"):
+            run()
+    return run_quiet
 
 
 _MISSING = object()

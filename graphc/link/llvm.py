@@ -19,6 +19,7 @@ from typing import Callable, Dict, List
 import numpy as np
 
 from graphc.backend.kernel_spec import DTYPES
+from graphc.backend.llvm.blas import gemm_into
 from graphc.configdefaults import config
 from graphc.link.py import make_storage, node_error
 from graphc.tensor.blas import Gemm, _check_z
@@ -83,11 +84,11 @@ def _fused_step(node, ins, outs, reuse, dests=None) -> Callable:
     kernel = compile_kernel(op.to_kernel_spec())
     out_dtypes = [o.type.numpy_dtype for o in node.outputs]
     bufs = _Buffers(len(outs), reuse)
-    # destroy_map is a permission, not a duty. A kernel whose output is one of its inputs
-    # runs 4-5x slower (the vectorized loop's runtime overlap check sends it to the scalar
-    # loop; measured on the MLP's tanh(gemm + b) nodes), and intermediate buffers are kept
-    # across calls anyway, so native kernels always write into their own buffer.
-    destroy = {}
+    # destroy_map: the output may be written over the input's array (same layout: exact
+    # aliasing, which the kernels' parallel inner loops allow, codegen.py). The kernel runs as
+    # fast as into its own buffer and touches half the memory (MLP step, in-process A/B under
+    # load: its Fused nodes 3.9 -> 2.2 and 6.2 -> 5.1 ms per step).
+    destroy = dict(op.destroy) if op.reduce is None else {}
     check = op._broadcast_shape
     reduce_axes = op.reduce[1] if op.reduce is not None else None
     n_out = len(outs)
@@ -104,39 +105,31 @@ def _fused_step(node, ins, outs, reuse, dests=None) -> Callable:
         last[0], last[1] = key, oshape
         return oshape
 
-    if n_out == 1 and not destroy:
+    if n_out == 1:
         # the common case (a scan step is often just this), kept short: it runs per step.
-        # When the inputs look as in the previous call, the kernel's plan of that call is
-        # run directly: Kernel.__call__'s signature key costs more than the kernel itself
-        # on small arrays.
-        out0, dest0, dtype0, get = outs[0], dests[0] or [None], out_dtypes[0], bufs.get
-        fast = [None, None, None, None]     # input signature, output shape/strides, plan
+        # ``fast[0]`` runs the plan of the previous call if the arrays have that call's
+        # signature and then returns the output; else it runs nothing and returns another
+        # object (see _plan_call). Kernel.__call__'s signature key costs more than the
+        # kernel itself on small arrays.
+        fast = [_no_plan, ()]               # plan call, output shape of the previous call
+        get = bufs.get
 
-        def step1():
-            vals = [c[0] for c in ins]
-            try:
-                sig = [(v.__class__, v.shape, v.strides, v.dtype) for v in vals]
-            except AttributeError:          # a Python scalar: Kernel converts it
-                sig = None
-            same = sig is not None and sig == fast[0]
-            oshape = fast[1] if same else shape_of(vals)
-            a = dest0[0]
-            if a is None:
-                a = get(0, oshape, dtype0)
-            else:
-                dest0[0] = None
-                if a.shape != oshape or a.dtype != dtype0:
-                    a = get(0, oshape, dtype0)
-            if same and a.strides == fast[2]:
-                plan = fast[3]
-                plan.fn(0, plan.n0, 0, plan.meta_ptr, *map(id, vals), id(a))
-            else:
-                vals = _call(kernel, vals, [a])
-                plan = _simple_plan(kernel, vals, a) if sig is not None and all(
-                    v.__class__ is np.ndarray for v in vals) else None
-                fast[:] = (sig, oshape, a.strides, plan) if plan is not None else [None] * 4
-            out0[0] = a
-        return step1
+        j0 = destroy.get(0)
+        use_input = [j0 is not None]        # cleared when that input cannot take the output
+
+        def slow(vals, a):
+            oshape = shape_of(vals)
+            if a.__class__ is not np.ndarray or a.shape != oshape or a.dtype != out_dtypes[0] \
+                    or (j0 is not None and a is vals[j0]
+                        and not (a.flags.c_contiguous and a.flags.writeable)):
+                if j0 is not None and a is vals[j0]:
+                    use_input[0] = False        # else every call would come through here
+                a = get(0, oshape, out_dtypes[0])
+            vals = _call(kernel, vals, [a])
+            fast[0], fast[1] = _plan_call(kernel, vals, a), oshape
+            return a
+        return _make_step1(ins, outs[0], dests[0] or [None], reuse, bufs.arrays,
+                           out_dtypes[0], fast, slow, inplace=(j0, use_input))
 
     def step():
         vals = [c[0] for c in ins]
@@ -162,6 +155,42 @@ def _fused_step(node, ins, outs, reuse, dests=None) -> Callable:
     return step
 
 
+# The one-output fused step, written out for its number of inputs: a list comprehension
+# over the input cells costs about as much as running a small kernel.
+_STEP1 = """
+def step1():
+    a = dest[0]
+    if a is not None:                       # an array lent by the caller (see _fused_step)
+        dest[0] = None
+    else:
+        a = {new_output}
+    if fast[0]({vals}a) is not a:
+        a = slow([{vals}], a)
+    out[0] = a
+"""
+
+
+def _make_step1(ins, out, dest, reuse, kept, dtype, fast, slow, inplace=(None, None)):
+    """The step of a one-output fused node: try the previous call's plan (``fast[0]``),
+    else ``slow(values, array or None)`` checks the shapes, runs the kernel and updates
+    ``fast``. The output goes to the lent array, else to input j while ``use_input[0]``
+    (``inplace = (j, use_input)``, from destroy_map), else the kept buffer (``reuse``), else
+    a new array of the previous call's shape; ``fast[0]`` rejects it if the shape changed,
+    and ``slow`` if it cannot take the output."""
+    j, use_input = inplace
+    env = {"dest": dest, "out": out, "kept": kept, "empty": np.empty, "dtype": dtype,
+           "fast": fast, "slow": slow, "use_input": use_input}
+    for k, cell in enumerate(ins):
+        env[f"in{k}"] = cell
+    new_output = "kept[0]" if reuse else "empty(fast[1], dtype)"
+    if j is not None:
+        new_output = f"in{j}[0] if use_input[0] else {new_output}"
+    src = _STEP1.format(vals="".join(f"in{k}[0], " for k in range(len(ins))),
+                        new_output=new_output)
+    exec(compile(src, "<graphc fused step>", "exec"), env)
+    return env["step1"]
+
+
 def _call(kernel, vals, arrays):
     """kernel(vals, arrays); numpy scalars (some numpy performs return them for 0-d
     results) are passed as 0-d arrays.  Returns the inputs as passed."""
@@ -175,27 +204,47 @@ def _call(kernel, vals, arrays):
     return vals
 
 
-def _simple_plan(kernel, inputs, out):
-    """The plan the kernel just made for these arrays, when running it is one plain call
-    ``plan.fn(0, plan.n0, 0, plan.meta_ptr, *ids)`` (no threads, no prefill); else None.
+def _no_plan(*arrays):
+    return False                            # not None: the output may be None (no buffer yet)
+
+
+def _plan_call(kernel, inputs, out):
+    """A callable that runs, on arrays with the signature of ``(*inputs, out)``, the plan
+    the kernel just made for them, returning ``out``, and returns something else for any
+    other arrays (running nothing). It is the plan's builtin (small loops: the signature
+    is checked natively, see graphc/backend/llvm/pycall.py), or a Python check and one
+    ctypes call; _no_plan when the plan is not one plain call (threads, prefill).
     Reads the kernel's plan cache with the kernel's own key (graphc/backend/llvm/kernel.py);
     should that change, nothing is found and every call goes through Kernel.__call__."""
     plans = getattr(kernel, "_plans", None)
-    if plans is None:
-        return None
+    if plans is None or not all(v.__class__ is np.ndarray for v in inputs):
+        return _no_plan
     key = (*[(a.__class__, a.dtype, a.shape, a.strides) for a in inputs],
            (out.__class__, out.dtype, out.shape, out.strides), None)
     plan = plans.get(key)
     if plan is None or not getattr(plan, "simple", False):
-        return None
-    return plan
+        return _no_plan
+    if getattr(plan, "native", None) is not None:
+        return plan.native
+    sig = [(a.__class__, a.shape, a.strides, a.dtype) for a in (*inputs, out)]
+
+    def checked(*arrays):
+        try:
+            if [(a.__class__, a.shape, a.strides, a.dtype) for a in arrays] != sig:
+                return False
+        except AttributeError:              # a Python scalar, or no output buffer yet
+            return False
+        plan.fn(0, plan.n0, 0, plan.meta_ptr, *map(id, arrays))
+        return arrays[-1]
+    return checked
 
 
 def _gemm_step(node, ins, outs, reuse) -> Callable:
-    """Gemm through numpy's BLAS (``np.dot(out=)`` into kept buffers).  scipy's BLAS
-    (graphc.backend.llvm.gemm) is another OpenBLAS build: measured on the development machine
-    it ran the per-step products of an RNN (32x256 @ 256x1024) 1.5x slower than numpy's, with
-    large products equal; and two OpenBLAS thread pools on the same cores slow each other down."""
+    """Gemm through numpy's BLAS (its CBLAS gemm, else ``np.dot(out=)``) into kept buffers.
+    scipy's BLAS (graphc.backend.llvm.gemm) is another OpenBLAS build: measured on the
+    development machine it ran the per-step products of an RNN (32x256 @ 256x1024) 1.5x
+    slower than numpy's, with large products equal; and two OpenBLAS thread pools on the same
+    cores slow each other down."""
     op: Gemm = node.op
     if node.outputs[0].dtype not in ("float32", "float64"):
         return None
@@ -222,26 +271,30 @@ def _gemm_step(node, ins, outs, reuse) -> Callable:
             c = bufs.get(0, shape, dtype)
             if has_z:
                 _check_z(op, node, ins[3][0], shape)
-            np.dot(a, b, out=c)
-            if alpha != 1.0:
-                c *= alpha
+            if alpha == 1.0 or alpha == 0.0 or not gemm_into(a, b, alpha, 0.0, c):
+                np.dot(a, b, out=c)
+                if alpha != 1.0:
+                    c *= alpha
         else:
             z = ins[3][0]
             # Theano's rule, as in Gemm.perform: z broadcasts only where its type says so
             # (a plain ``c[...] = z`` would also stretch a size-1 dimension of a matrix)
             _check_z(op, node, z, shape)
-            p = scratch.get(0, shape, dtype)
-            np.dot(a, b, out=p)
             if inplace and z.shape == shape and z.flags.c_contiguous and z.flags.writeable:
                 c = z
-                if beta != 1.0:
-                    c *= beta
             else:
                 c = bufs.get(0, shape, dtype)
-                np.multiply(z, beta, out=c) if beta != 1.0 else np.copyto(c, z)
-            if alpha != 1.0:
-                p *= alpha
-            c += p
+                np.copyto(c, z)
+            # one BLAS call (numpy's BLAS) scales c by beta and adds alpha * a @ b, where
+            # np.dot needs a product array and two more passes over it
+            if alpha == 0.0 or not gemm_into(a, b, alpha, beta, c):
+                p = scratch.get(0, shape, dtype)
+                np.dot(a, b, out=p)
+                if beta != 1.0:
+                    c *= beta
+                if alpha != 1.0:
+                    p *= alpha
+                c += p
         out[0] = c
     return step
 

@@ -4,12 +4,15 @@ Each maker has the signature of ``graphc.link.llvm.STEP_MAKERS`` (node, input ce
 cells, reuse) -> zero-argument step, or None to leave the node to its numpy ``perform``.
 A step runs the same checks as ``perform`` (same errors, same messages) and then:
 
-- SoftmaxCrossentropy: four LLVM kernels (row max; e = exp(z - max); row sum of e;
-  e / sum), the per-row nll from n-vectors in numpy.
-- SoftmaxCrossentropyGrad: dnll * sm into a kept buffer, then the n label entries.
+- SoftmaxCrossentropy: float32 runs the row kernel of graphc/backend/llvm/softmax.py (max,
+  exp, sum and scale of a row while it is in cache; row blocks on threads); float64 four
+  KernelSpec kernels (row max; e = exp(z - max); row sum of e; e / sum).  The per-row nll
+  comes from the n row maxima and sums in numpy.
+- SoftmaxCrossentropyGrad: dnll * sm into a kept buffer (numpy), then the n label entries.
 - Conv2d / Conv2dGradInputs / Conv2dGradWeights: the numpy im2col + BLAS code of
   graphc.tensor.nnet.conv with its scratch arrays and result kept across calls (fresh
-  multi-MB arrays cost page faults as large as the copies that fill them).
+  multi-MB arrays cost page faults as large as the copies that fill them).  The weight
+  gradient takes the patches the forward made of the same image in the same call.
 - Pool / MaxPoolGrad, 2-d, mode 'max', windows that tile the input (stride == ws, no
   padding): elementwise kernels over the per-offset strided views (see below).  Other
   pooling geometries, and a partial edge window (ignore_border=False), run ``perform``.
@@ -18,6 +21,9 @@ Kernels are built as KernelSpecs (graphc.backend.kernel_spec) and compiled by
 graphc.backend.llvm.compile_kernel, which memoizes them per spec.
 """
 from __future__ import annotations
+
+import ctypes
+import weakref
 
 import numpy as np
 
@@ -60,6 +66,8 @@ def _xent_step(node, ins, outs, reuse):
     dt = node.outputs[0].dtype
     if dt not in _FLOATS or node.inputs[0].dtype != dt:
         return None
+    if dt == "float32":
+        return _xent_rows_step(node, ins, outs, reuse)
     k_max, k_exp, k_sum, k_div = (_kernel(s) for s in _xent_specs(dt, op.has_bias))
     npdt = np.dtype(dt)
     bufs = _Buffers(2, reuse)
@@ -73,7 +81,7 @@ def _xent_step(node, ins, outs, reuse):
 
     def step():
         vals = [c[0] for c in ins]
-        x, y = vals[0], vals[-1]
+        x = vals[0]
         if x.size == 0:
             op.perform(node, vals, outs)
             return
@@ -86,12 +94,81 @@ def _xent_step(node, ins, outs, reuse):
         k_sum([e], [total])
         sm = bufs.get(1, (n, k), npdt)
         k_div([e, total[:, None]], [sm])
-        rows = np.arange(n)
-        picked = x[rows, y] + vals[1][y] if op.has_bias else x[rows, y]
-        nll = bufs.get(0, (n,), npdt)
-        np.log(total, out=nll)
-        nll -= picked - m                   # the reference's s[rows, y], s = z - max
-        outs[0][0], outs[1][0] = nll, sm
+        outs[0][0], outs[1][0] = _nll(op, vals, m, total, bufs), sm
+    return step
+
+
+def _nll(op, vals, m, total, bufs):
+    """The reference's log(total) - s[rows, y], s = z - max, from the row maxima and sums."""
+    x, y = vals[0], vals[-1]
+    rows = np.arange(x.shape[0])
+    picked = x[rows, y] + vals[1][y] if op.has_bias else x[rows, y]
+    nll = bufs.get(0, (x.shape[0],), x.dtype)
+    with np.errstate(invalid="ignore"):     # inf - inf in a row of non-finite logits: nan,
+        np.log(total, out=nll)              # as the reference gives (without a warning)
+        nll -= picked - m
+    return nll
+
+
+# float32 softmax rows: one native call per row block (graphc/backend/llvm/softmax.py)
+_P, _L = ctypes.c_void_p, ctypes.c_int64
+_SOFTMAX_PROTO = ctypes.CFUNCTYPE(None, _L, _L, _L, _P, _L, _P, _P, _L, _P, _P)
+_ROWS_PARALLEL_MIN = 1 << 15      # elements from which rows split across threads (exp-bound)
+
+
+def _in_threads(fn, n, *args):
+    """fn(lo, hi, *args) over [0, n) cut into one slice per kernel thread (the backend's
+    pool); fn must release the GIL (a ctypes call, numpy copies) for the slices to overlap."""
+    from graphc.backend.llvm.kernel import _get_pool, num_threads
+    t = min(num_threads(), n)
+    if t <= 1:
+        fn(0, n, *args)
+        return
+    cuts = [n * i // t for i in range(t + 1)]
+    pool = _get_pool(t - 1)
+    futures = [pool.submit(fn, cuts[i], cuts[i + 1], *args) for i in range(1, t)]
+    fn(0, cuts[1], *args)
+    for f in futures:
+        f.result()
+
+
+def _run_rows(fn, n, k, *args):
+    """fn(lo, hi, k, *args) over rows [0, n), split across the kernel threads when large."""
+    if n * k >= _ROWS_PARALLEL_MIN:
+        _in_threads(fn, n, k, *args)
+    else:
+        fn(0, n, k, *args)
+
+
+def _unit_columns(a):
+    """``a`` (2-d) itself when its columns are adjacent in memory, else a C-contiguous copy."""
+    return a if a.shape[1] <= 1 or a.strides[1] == a.itemsize else np.ascontiguousarray(a)
+
+
+def _xent_rows_step(node, ins, outs, reuse):
+    from graphc.backend.llvm.softmax import load_softmax_rows
+    op: SoftmaxCrossentropy = node.op
+    fn = _SOFTMAX_PROTO(load_softmax_rows(op.has_bias))
+    f32 = np.dtype(np.float32)
+    bufs = _Buffers(2, reuse)
+    scratch = _Buffers(2, True)           # row maxima and sums (never escape)
+
+    def step():
+        vals = [c[0] for c in ins]
+        x = vals[0]
+        if x.size == 0:
+            op.perform(node, vals, outs)
+            return
+        op.check(node, vals)
+        n, k = x.shape
+        xc = _unit_columns(x)
+        b = np.ascontiguousarray(vals[1], f32) if op.has_bias else None
+        m, total = scratch.get(0, (n,), f32), scratch.get(1, (n,), f32)
+        sm = bufs.get(1, (n, k), f32)
+        _run_rows(fn, n, k, xc.ctypes.data, xc.strides[0] // 4,
+                  None if b is None else b.ctypes.data, sm.ctypes.data, k,
+                  m.ctypes.data, total.ctypes.data)
+        outs[0][0], outs[1][0] = _nll(op, vals, m, total, bufs), sm
     return step
 
 
@@ -108,8 +185,9 @@ def _xent_grad_step(node, ins, outs, reuse):
         dnll, sm, y = vals
         op.check(node, vals)
         dx = bufs.get(0, sm.shape, npdt)
-        # numpy's multiply by a broadcast column beat the kernel here (60 vs 99 us for a
-        # (256, 1000) float32 matrix: the kernel reloads the stride-0 operand)
+        # numpy's multiply by a broadcast column: memory-bound, and it beat both the
+        # KernelSpec kernel (which reloads the stride-0 operand) and a row kernel
+        # (1 or 2 threads) on a (256, 1000) float32 matrix
         np.multiply(sm, dnll[:, None], out=dx)
         rows = np.arange(sm.shape[0])
         dx[rows, y] -= dnll if dnll.shape[0] == sm.shape[0] else dnll[0]
@@ -118,6 +196,12 @@ def _xent_grad_step(node, ins, outs, reuse):
 
 
 # --------------------------------------------------------------------------- convolution
+# img Variable -> (its storage cell, workspace, op) of the latest Conv2d step made on it: the
+# Conv2dGradWeights step of the same image in the same linked function reuses its patches
+_FORWARD_WS = weakref.WeakKeyDictionary()
+_GEOMETRY = ("border_mode", "subsample", "filter_dilation", "num_groups")
+
+
 def _conv_step(fn, out_shape):
     """A maker running ``fn`` (a numpy conv function of graphc.tensor.nnet.conv) with a
     workspace and a result buffer kept across calls; ``out_shape(op, args)`` sizes the
@@ -130,13 +214,53 @@ def _conv_step(fn, out_shape):
         npdt = np.dtype(dt)
         bufs = _Buffers(1, reuse)
         ws = {}
+        extra = {}
+        if isinstance(op, Conv2dGradInputs):
+            ws["col2im"] = _col2im_runner(dt)
+        if isinstance(op, Conv2d):
+            _FORWARD_WS[node.inputs[0]] = (ins[0], ws, op)
+        elif isinstance(op, Conv2dGradWeights):
+            extra["cols_ws"] = _forward_ws(node, ins)
 
         def step():
             args = op.checked_args(node, [c[0] for c in ins])
             out = bufs.get(0, out_shape(op, args), npdt)
-            outs[0][0] = fn(*args, ws=ws, out=out)
+            outs[0][0] = fn(*args, ws=ws, out=out, **extra)
+        step.ws, step.cols_ws = ws, extra.get("cols_ws")     # for tests and debugging
         return step
     return make
+
+
+def _col2im_runner(dt):
+    """col2im(dcols, dxp, subsample, dilation) through the kernel of
+    graphc/backend/llvm/col2im.py, channels split across the kernel threads when large."""
+    from graphc.backend.llvm.col2im import load_col2im
+    fn = ctypes.CFUNCTYPE(None, _L, _L, _P, _P, _P)(load_col2im(dt))
+
+    def run(dcols, dxp, subsample, dilation):
+        dcols = np.ascontiguousarray(dcols)     # (dxp is a C-contiguous workspace)
+        C, kh, kw, oh, ow, B = dcols.shape
+        meta = np.array([kh, kw, oh, ow, B, *subsample, *dilation, dxp.shape[1],
+                         dxp.shape[2]], np.int64)
+        args = (meta.ctypes.data, dcols.ctypes.data, dxp.ctypes.data)
+        if dcols.size >= _ROWS_PARALLEL_MIN:
+            _in_threads(fn, C, *args)
+        else:
+            fn(0, C, *args)
+    return run
+
+
+def _forward_ws(node, ins):
+    """The workspace of the Conv2d step that runs on the same image earlier in every call of
+    this function (steps are made in run order, so one registered with this very storage
+    cell runs before this node), with the same geometry; else None."""
+    found = _FORWARD_WS.get(node.inputs[0])
+    if found is None or found[0] is not ins[0]:
+        return None
+    cell, ws, fop = found
+    if any(getattr(fop, a) != getattr(node.op, a) for a in _GEOMETRY):
+        return None
+    return ws
 
 
 def _conv_out(op, args):
@@ -215,11 +339,31 @@ def _max_grad_spec(dt, cells):
     return KernelSpec((dt,) * (cells + 2), tuple(eqns), tuple(outs))
 
 
+def _planes(a):
+    """``a`` as (planes, rows, cols) with unit column stride (a view when possible)."""
+    p = a.reshape((-1,) + a.shape[-2:])
+    return p if p.shape[2] <= 1 or p.strides[2] == p.itemsize else np.ascontiguousarray(p)
+
+
+def _plane_meta(oh, ow, *planes):
+    """int64 [oh, ow, then each array's (plane, row) element strides] for maxpool.py."""
+    st = [s // a.itemsize for a in planes for s in a.strides[:2]]
+    return np.array([oh, ow, *st], np.int64)
+
+
+def _pool2x2_fn(dt, grad):
+    from graphc.backend.llvm.maxpool import load_maxpool2x2
+    proto = ctypes.CFUNCTYPE(None, _L, _L, _P, *[_P] * (4 if grad else 2))
+    return proto(load_maxpool2x2(dt, grad))
+
+
 def _pool_step(node, ins, outs, reuse):
     op: Pool = node.op
     dt = node.outputs[0].dtype
     if not _simple_max_pool(op) or dt not in _FLOATS or node.inputs[0].dtype != dt:
         return None
+    if op.ws == (2, 2):
+        return _pool2x2_step(node, ins, outs, reuse)
     k_rows, k_cols = _kernel(_max_spec(dt, op.ws[0])), _kernel(_max_spec(dt, op.ws[1]))
     npdt = np.dtype(dt)
     bufs = _Buffers(1, reuse)
@@ -244,13 +388,37 @@ def _pool_step(node, ins, outs, reuse):
     return step
 
 
+def _pool2x2_step(node, ins, outs, reuse):
+    """2x2 windows: the kernel of graphc/backend/llvm/maxpool.py (one pass, wide loads)."""
+    op: Pool = node.op
+    dt = node.outputs[0].dtype
+    fn = _pool2x2_fn(dt, False)
+    npdt = np.dtype(dt)
+    bufs = _Buffers(1, reuse)
+
+    def step():
+        x = ins[0][0]
+        hw = _out_hw(op, x)
+        if hw is None:
+            op.perform(node, [x], outs)
+            return
+        oh, ow = hw
+        out = bufs.get(0, x.shape[:-2] + (oh, ow), npdt)
+        xp, op_ = _planes(x), out.reshape((-1, oh, ow))
+        meta = _plane_meta(oh, ow, xp, op_)
+        fn(0, xp.shape[0], meta.ctypes.data, xp.ctypes.data, op_.ctypes.data)
+        outs[0][0] = out
+    return step
+
+
 def _max_pool_grad_step(node, ins, outs, reuse):
     op: MaxPoolGrad = node.op
     dt = node.outputs[0].dtype
     if type(op) is not MaxPoolGrad or not _simple_max_pool(op) or dt not in _FLOATS or \
             any(v.dtype != dt for v in node.inputs):
         return None
-    k_grad = _kernel(_max_grad_spec(dt, op.ws[0] * op.ws[1]))
+    pool2x2 = _pool2x2_fn(dt, True) if op.ws == (2, 2) else None
+    k_grad = None if pool2x2 else _kernel(_max_grad_spec(dt, op.ws[0] * op.ws[1]))
     npdt = np.dtype(dt)
     bufs = _Buffers(1, reuse)
     wh, ww = op.ws
@@ -271,10 +439,15 @@ def _max_pool_grad_step(node, ins, outs, reuse):
         if x.shape[-2] != oh * wh or x.shape[-1] != ow * ww:
             gx[..., oh * wh:, :] = 0        # cells in no window (ignore_border=True)
             gx[..., :, ow * ww:] = 0
-        # nthreads=1: the kernel is memory-bound (a compare and a multiply per cell), which
-        # the backend's cost model, counting ops, would put on threads
-        k_grad(_cell_views(x, op.ws, oh, ow) + [maxout, gz], _cell_views(gx, op.ws, oh, ow),
-               nthreads=1)
+        if pool2x2 is not None:
+            planes = [_planes(x), _planes(maxout), _planes(gz), gx.reshape((-1,) + x.shape[-2:])]
+            meta = _plane_meta(oh, ow, *planes)
+            pool2x2(0, planes[0].shape[0], meta.ctypes.data, *[a.ctypes.data for a in planes])
+        else:
+            # nthreads=1: the kernel is memory-bound (a compare and a multiply per cell),
+            # which the backend's cost model, counting ops, would put on threads
+            k_grad(_cell_views(x, op.ws, oh, ow) + [maxout, gz],
+                   _cell_views(gx, op.ws, oh, ow), nthreads=1)
         outs[0][0] = gx
     return step
 

@@ -185,9 +185,11 @@ def fuse(fgraph) -> int:
 
 
 def _merge_chains(fgraph) -> int:
-    """Merge F2 into F1 when F2 reads an output of F1 that nobody else reads and F2's other
-    inputs come before F1 (so nothing between them can depend on F1): the siblings that
-    growing from one root cannot see (a value and a consumer found from different roots)."""
+    """Merge F2 into F1 when F2 reads an output of F1 and F2's other inputs come before F1
+    (so nothing between them can depend on F1): the siblings that growing from one root
+    cannot see (a value and a consumer found from different roots, or several consumers of
+    one value, e.g. the gate gradients of an LSTM step that all read dc).  An output of F1
+    that others read stays an output of the merged node."""
     merged = 0
     order = fgraph.toposort()
     index = {n: i for i, n in enumerate(order)}
@@ -197,14 +199,15 @@ def _merge_chains(fgraph) -> int:
         for v in f2.inputs:
             f1 = v.owner
             if f1 is None or not isinstance(f1.op, Fused) or f1.op.reduce is not None or \
-                    f1.op.ndim != f2.op.ndim or [c for c, _ in fgraph.clients[v]] != [f2]:
+                    f1.op.ndim != f2.op.ndim:
                 continue
             if f2.op.reduce is None and \
                     f2.outputs[0].type.broadcastable != f1.outputs[0].type.broadcastable:
                 continue
-            if f2.op.reduce is not None and any(fgraph.clients[o] for o in f1.outputs
-                                                if o is not v):
-                continue
+            if f2.op.reduce is not None and (
+                    [c for c, _ in fgraph.clients[v]] != [f2] or
+                    any(fgraph.clients[o] for o in f1.outputs if o is not v)):
+                continue                    # a reduction keeps exactly one output
             early = all(w.owner is None or w.owner is f1 or
                         index.get(w.owner, len(order)) < index[f1] for w in f2.inputs)
             new = _merge_pair(fgraph, f1, f2) if early else None

@@ -31,6 +31,7 @@ def optimize(fgraph, mode):
             ("merge", _plain(canonicalize.merge)),
             ("scan_prune", _plain(_prune_scans)),
             ("scan_pushout", _plain(_pushout_scans)),
+            ("scan_store", _plain(_store_scans)),
             ("stabilize", _rules(stabilize.RULES, "stabilize", followup=canon)),
             ("specialize", _rules(specialize.RULES, "specialize", followup=canon)),
             ("merge", _plain(canonicalize.merge)),
@@ -86,6 +87,16 @@ def _prune_scans(fgraph):
     except ImportError:     # pragma: no cover - a build without scan
         return
     prune_scans(fgraph)
+
+
+def _store_scans(fgraph):
+    """Backward loops read the forward loop's expensive step values instead of recomputing
+    them (graphc.scan_module.store)."""
+    from graphc.scan_module.rewrites import prune_scans
+    from graphc.scan_module.store import store_for_backward
+    canonicalize.merge(fgraph)          # one node per hoisted product: F's and B's alike
+    if store_for_backward(fgraph):
+        prune_scans(fgraph)
 
 
 def _pushout_scans(fgraph):

@@ -11,7 +11,8 @@ the forward values of the step are recomputed from the stored buffers):
   ``W_k`` of L_k entries (times t-L_k+1 .. t), carried as a final-value state of the
   backward loop: a step consumes ``W_k[-1]``, shifts the window by one, and adds its tap
   gradients at positions ``L_k + tau``.  After time 0 the window holds the adjoints of
-  times -L_k .. -1: the gradient of the initial value;
+  times -L_k .. -1: the gradient of the initial value.  With L_k = 1 (taps (-1,)) the
+  window is carried as the adjoint itself, of the state's shape (no slicing per step);
 - gradients of non-sequences are summed over steps in accumulators (final-value states);
 - gradients of sequence slices are per-step outputs, reversed back into time order.
 
@@ -64,8 +65,12 @@ def scan_grad(op, inputs, outputs, output_grads):
         if not is_float(Y[k].dtype):
             continue
         state_t = i_taps[k][0].type
-        W = TensorType(state_t.dtype, shape=(lag,) + state_t.shape)(f"adjoint_window{k}")
-        u = W[lag - 1]
+        if lag == 1:        # the window is the one pending adjoint: carry it as it is
+            W = state_t(f"adjoint{k}")
+            u = W
+        else:
+            W = TensorType(state_t.dtype, shape=(lag,) + state_t.shape)(f"adjoint_window{k}")
+            u = W[lag - 1]
         if not is_zero(gY[k]):
             gy = state_t(f"gY{k}[t]")
             seq_in.append(gy)
@@ -110,15 +115,14 @@ def scan_grad(op, inputs, outputs, output_grads):
         lag, taps = info.lags[k], info.state_taps[k]
         if lag == 1:
             gt = g.get(i_taps[k][0])
-            new = tb.zeros_like(W) if gt is None else \
-                gt.dimshuffle(["x"] + list(range(gt.ndim)))
+            new = tb.zeros_like(W) if gt is None else gt
         else:
             new = tb.join(0, tb.zeros_like(W[:1]), W[:-1])
             for tau, v in zip(taps, i_taps[k]):
                 if v in g:
                     new = inc_subtensor(new[lag + tau], g[v])
         fin_ph.append(W)
-        fin_init.append(tb.zeros_like(o_inits[k][:lag]))
+        fin_init.append(tb.zeros_like(o_inits[k][0] if lag == 1 else o_inits[k][:lag]))
         fin_new.append(new)
     for i, wf in fin_adj:
         fin_ph.append(wf)
@@ -186,6 +190,8 @@ def scan_grad(op, inputs, outputs, output_grads):
             result.append(gradient.disconnected_grad_type())
             continue
         gi = reached_start(b_fin[win_of[k]])
+        if lag == 1:
+            gi = gi.dimshuffle(["x"] + list(range(gi.ndim)))
         if not is_zero(gY[k]):
             gi = gi + gY[k][:lag]
         if init.type.shape[0] != lag:

@@ -61,19 +61,26 @@ _cache = {}
 
 
 def make_loop(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while,
-              lend=None):
+              lend=None, lend_nit=None, lend_fin=None):
     """The step loop for this structure (generated once, then reused).  ``lend[k]``: state
     k's inner output can be written straight into its buffer row (argument ``dst{k}``, the
-    inner function's destination cell for it)."""
+    inner function's destination cell for it); ``lend_nit[j]`` likewise for per-step
+    output j (argument ``dstn{j}``), from the second step on (its buffer is allocated when
+    the first step shows the shape); ``lend_fin[i]`` for final-value state i (argument
+    ``dstf{i}``): the holder's spare buffer, which the step does not read."""
     lend = tuple(bool(x) for x in lend) if lend is not None else (False,) * len(state_taps)
-    key = (n_seqs, state_taps, lags, tuple(state_ndims), n_final, n_nit, as_while, lend)
+    lend_nit = tuple(bool(x) for x in lend_nit) if lend_nit is not None else (False,) * n_nit
+    lend_fin = tuple(bool(x) for x in lend_fin) if lend_fin is not None else (False,) * n_final
+    key = (n_seqs, state_taps, lags, tuple(state_ndims), n_final, n_nit, as_while, lend,
+           lend_nit, lend_fin)
     fn = _cache.get(key)
     if fn is None:
         fn = _cache[key] = _generate(*key)
     return fn
 
 
-def arg_names(n_seqs, state_taps, n_final, n_nit, as_while, lend=None):
+def arg_names(n_seqs, state_taps, n_final, n_nit, as_while, lend=None, lend_nit=None,
+              lend_fin=None):
     args = []
     for j in range(n_seqs):
         args += [f"seq{j}", f"in_seq{j}"]
@@ -84,15 +91,20 @@ def arg_names(n_seqs, state_taps, n_final, n_nit, as_while, lend=None):
             args.append(f"dst{k}")
     for i in range(n_final):
         args += [f"fin{i}", f"in_fin{i}", f"out_fin{i}"]
+        if lend_fin and lend_fin[i]:
+            args.append(f"dstf{i}")
     for j in range(n_nit):
         args += [f"nit{j}", f"out_nit{j}"]
+        if lend_nit and lend_nit[j]:
+            args.append(f"dstn{j}")
     if as_while:
         args.append("cond")
     return args
 
 
-def _generate(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while, lend):
-    args = arg_names(n_seqs, state_taps, n_final, n_nit, as_while, lend)
+def _generate(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while, lend,
+              lend_nit, lend_fin):
+    args = arg_names(n_seqs, state_taps, n_final, n_nit, as_while, lend, lend_nit, lend_fin)
     # tap -1 of a state reads the value the previous step returned: pass that array on
     # instead of indexing the buffer (0-d values may be numpy scalars: those are indexed)
     handoff = {(k, i) for k, taps in enumerate(state_taps) for i, tau in enumerate(taps)
@@ -107,9 +119,15 @@ def _generate(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while, l
                 body.append(f"in_tap{k}_{i}[0] = buf{k}[t + {lags[k] + tau}, ...]")
     for i in range(n_final):
         body.append(f"in_fin{i}[0] = fin{i}.cur")
+        if lend_fin[i]:
+            body.append(f"dstf{i}[0] = fin{i}.other")
     for k in range(len(state_taps)):
         if lend[k]:      # lend the buffer row: a step that wrote into it needs no copy
             body += [f"d{k} = buf{k}[t + {lags[k]}, ...]", f"dst{k}[0] = d{k}"]
+    for j in range(n_nit):
+        if lend_nit[j]:
+            body += [f"dn{j} = nit{j}.buf", f"if dn{j} is not None:",
+                     f"    dn{j} = dn{j}[t, ...]", f"    dstn{j}[0] = dn{j}"]
     body.append("run()")
     for k, taps in enumerate(state_taps):
         store = [f"if v.shape != shape{k}:",
@@ -122,9 +140,18 @@ def _generate(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while, l
             body += store
         body += [f"in_tap{k}_{i}[0] = v" for i in range(len(taps)) if (k, i) in handoff]
     for i in range(n_final):
-        body.append(f"fin{i}.store(out_fin{i}[0], {i})")
+        if lend_fin[i]:         # written into the spare buffer: swap, no copy
+            body += [f"v = out_fin{i}[0]", f"if v is fin{i}.other:",
+                     f"    fin{i}.cur, fin{i}.other = v, fin{i}.cur", "else:",
+                     f"    fin{i}.store(v, {i})"]
+        else:
+            body.append(f"fin{i}.store(out_fin{i}[0], {i})")
     for j in range(n_nit):
-        body.append(f"nit{j}.store(t, out_nit{j}[0], {j})")
+        if lend_nit[j]:         # written in place unless the step made another array
+            body += [f"v = out_nit{j}[0]", f"if v is not dn{j}:",
+                     f"    nit{j}.store(t, v, {j})"]
+        else:
+            body.append(f"nit{j}.store(t, out_nit{j}[0], {j})")
     if as_while:
         body += ["if cond[0]:", "    return t + 1"]
     src = [f"def loop(n, run, {', '.join(args)}):", "    t = 0"]

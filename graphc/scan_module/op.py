@@ -218,23 +218,29 @@ class Scan(Op):
                 args.append(dests[k])
         finals = [_Final(f, node.outputs[info.n_states + i].type.numpy_dtype)
                   for i, f in enumerate(finits)]
-        for f, ci, co in zip(finals, c_fin, o_fin):
-            args += [f, ci, co]
+        fin_dests = fn.dest_cells[info.n_states:info.n_states + info.n_final]
+        lend_fin = [d is not None and f.cur.ndim > 0 for d, f in zip(fin_dests, finals)]
+        for f, ci, co, d, ok in zip(finals, c_fin, o_fin, fin_dests, lend_fin):
+            args += [f, ci, co] + ([d] if ok else [])
         nits = [PerStep(n) for _ in range(info.n_nit)]
-        for p, co in zip(nits, o_nit):
-            args += [p, co]
+        base = info.n_states + info.n_final
+        nit_dests = fn.dest_cells[base:base + info.n_nit]
+        _, _, nit_inner, _ = self.split_outputs(self.inner_outputs)
+        lend_nit = [d is not None and o.ndim > 0 for d, o in zip(nit_dests, nit_inner)]
+        for p, co, d, ok in zip(nits, o_nit, nit_dests, lend_nit):
+            args += [p, co] + ([d] if ok else [])
         if info.as_while:
             args.append(o_cond)
         loop = make_loop(info.n_seqs, info.state_taps, info.lags,
                          [t[0].ndim for t in self.split_inner_inputs()[1]], info.n_final,
-                         info.n_nit, info.as_while, lend)
+                         info.n_nit, info.as_while, lend, lend_nit, lend_fin)
         try:
             with np.errstate(all="ignore"):
                 n_done = loop(n, fn.run, *args)
         except Exception as e:
             raise self._step_error(node, e) from None
         finally:
-            for d in dests:             # never lend a row of this loop's buffers later
+            for d in dests + nit_dests + fin_dests:   # never lend this loop's buffers later
                 if d is not None:
                     d[0] = None
         for k, (lag, buf) in enumerate(zip(info.lags, bufs)):

@@ -25,8 +25,9 @@ from graphc.tensor.subtensor import SYM, Subtensor
 
 
 def prune_scans(fgraph):
-    """Rewrite every Scan of ``fgraph`` that has unread outputs or unused inputs."""
-    for node in list(fgraph.toposort()):
+    """Rewrite every Scan of ``fgraph`` that has unread outputs or unused inputs.  Readers
+    go first: a loop that stops reading another's output lets that one drop it."""
+    for node in reversed(fgraph.toposort()):
         if isinstance(node.op, Scan) and node in fgraph.apply_nodes:
             _prune(fgraph, node)
     return fgraph

@@ -163,12 +163,18 @@ def infer_inner_shapes(inputs, outputs, input_shapes) -> List[Optional[tuple]]:
 def is_zero(g) -> bool:
     """True for gradients that are known zeros (``zeros_like`` or a zero constant)."""
     from graphc.tensor.basic import Alloc
-    from graphc.tensor.elemwise import Elemwise
+    from graphc.tensor.elemwise import DimShuffle, Elemwise
+
+    def zero_constant(v):               # 0, or 0 broadcast by a DimShuffle (zeros_like(x))
+        while v.owner is not None and isinstance(v.owner.op, DimShuffle):
+            v = v.owner.inputs[0]
+        return isinstance(v, Constant) and not np.any(v.data)
+
     if isinstance(g, Constant):
         return not np.any(g.data)
     node = g.owner
     if node is not None and isinstance(node.op, Elemwise) and node.op.scalar_op.name == "second":
-        return isinstance(node.inputs[1], Constant) and not np.any(node.inputs[1].data)
+        return zero_constant(node.inputs[1])
     if node is not None and isinstance(node.op, Alloc):
-        return isinstance(node.inputs[0], Constant) and not np.any(node.inputs[0].data)
+        return zero_constant(node.inputs[0])
     return False

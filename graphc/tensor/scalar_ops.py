@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import numpy as np
-import scipy.special
 
 from graphc.tensor.type import FLOAT_DTYPES, upcast
 
@@ -153,6 +152,18 @@ def _softplus(x):
     return np.logaddexp(np.zeros((), dtype=np.asarray(x).dtype), x)
 
 
+def _erf(x):
+    # scipy.special is imported on first use: it costs ~0.3 s of CPU, more than the rest of
+    # `import graphc`, and only these numpy references need it
+    import scipy.special
+    return scipy.special.erf(x)
+
+
+def _sigmoid(x):
+    import scipy.special
+    return scipy.special.expit(x)
+
+
 def _second(x, y):
     return np.broadcast_to(y, np.broadcast_shapes(np.shape(x), np.shape(y)))
 
@@ -171,11 +182,11 @@ _TABLE = [
     ("tanh",       1, np.tanh,                     "float", _g_tanh),
     ("sin",        1, np.sin,                      "float", _g_sin),
     ("cos",        1, np.cos,                      "float", _g_cos),
-    ("erf",        1, scipy.special.erf,           "float", _g_erf),
+    ("erf",        1, _erf,                        "float", _g_erf),
     ("floor",      1, _rounding(np.floor),         "same",  _g_zero),
     ("ceil",       1, _rounding(np.ceil),          "same",  _g_zero),
     ("round",      1, _rounding(np.round),         "same",  _g_zero),
-    ("sigmoid",    1, scipy.special.expit,         "float", _g_sigmoid),
+    ("sigmoid",    1, _sigmoid,                    "float", _g_sigmoid),
     ("softplus",   1, _softplus,                   "float", _g_softplus),
     ("invert",     1, _invert,                     "same",  _g_zero),
     ("identity",   1, lambda x: x,                 "same",  _g_identity),

@@ -20,7 +20,7 @@ import scipy.special as sps
 
 from graphc.backend.kernel_spec import COMPARISONS, DTYPES, SCALAR_OPS, KernelSpec
 from graphc.backend import llvm as gl
-from graphc.backend.llvm import jit
+from graphc.backend.llvm import jit, pycall
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLOATS = ("float32", "float64")
@@ -335,6 +335,75 @@ def test_in_place_output():
     np.testing.assert_array_equal(x, np.arange(1000.0) * 2 - 1)
 
 
+def test_in_place_float32_vector_math():
+    """Exact aliasing in a vectorized float32 loop (the linker's in-place tanh(x + b)): the
+    inner loop is annotated parallel, so the result is the same as into a fresh buffer."""
+    f = "float32"
+    spec = KernelSpec((f, f), (("add", (("in", 0), ("in", 1)), f),
+                               ("tanh", (("eq", 0),), f)), (("eq", 1),))
+    rng = np.random.default_rng(3)
+    for shape in [(1003,), (37, 129)]:
+        x = rng.normal(size=shape).astype(f) * 3
+        b = rng.normal(size=shape[-1:]).astype(f)
+        want = np.empty_like(x)
+        gl.compile_kernel(spec)([x, b], [want])
+        gl.compile_kernel(spec)([x, b], [x], nthreads=2)
+        np.testing.assert_array_equal(x, want)
+
+
+def test_map_loops_are_parallel_and_heavy_ones_interleaved():
+    from graphc.backend.llvm.codegen import Variant, build_ir
+    f = "float32"
+    light = KernelSpec((f, f), (("add", (("in", 0), ("in", 1)), f),), (("eq", 0),))
+    heavy = KernelSpec((f,), (("exp", (("in", 0),), f),), (("eq", 0),))
+    for spec, n_ops in [(light, 3), (heavy, 2)]:
+        text = build_ir(spec, Variant("map", 2, 0, ("1",) * n_ops, False))
+        assert "llvm.loop.parallel_accesses" in text
+        assert text.count("!llvm.access.group") == n_ops        # every load and store
+        assert ("llvm.loop.interleave.count" in text) == (spec is heavy)
+    red = KernelSpec((f,), (("exp", (("in", 0),), f),), (("eq", 0),), reduce=("add", (0,)))
+    assert "parallel_accesses" not in build_ir(red, Variant("reduce", 1, 0, ("1", "0"), False))
+
+
+def _float32_sweep():
+    """Every 97th float32 in [0, 208] with both signs, plus the special values."""
+    x = np.arange(0, 0x43500000, 97, dtype=np.uint32).view(np.float32)
+    return np.concatenate([x, -x, np.array([np.inf, -np.inf, np.nan], np.float32)])
+
+
+@pytest.mark.parametrize("op", ["exp", "tanh", "sigmoid"])
+def test_float32_vector_math_dense_sweep(op):
+    """Max relative error < 1e-6 where the result is a normal float, within one denormal ulp
+    below that, nan/inf exactly where numpy has them (~4.5M arguments)."""
+    f = "float32"
+    x = _float32_sweep()
+    out = np.empty_like(x)
+    gl.compile_kernel(KernelSpec((f,), ((op, (("in", 0),), f),), (("eq", 0),)))([x], [out])
+    ref = {"exp": np.exp, "tanh": np.tanh, "sigmoid": sps.expit}[op]
+    with np.errstate(all="ignore"):
+        want = ref(x.astype(np.float64)).astype(f)
+    special = ~np.isfinite(want) | ~np.isfinite(out)
+    np.testing.assert_array_equal(out[special], want[special])
+    normal = ~special & (np.abs(want) >= np.finfo(f).tiny)
+    rel = np.abs(out[normal].astype(np.float64) - want[normal]) / np.abs(want[normal])
+    assert rel.max() < 1e-6, (op, x[normal][np.argmax(rel)], rel.max())
+    tiny = ~special & ~normal
+    assert np.all(np.abs(out[tiny].astype(np.float64) - want[tiny]) <= 2.0 ** -149)
+
+
+def test_float32_exp_overflow_and_underflow_edges():
+    f = "float32"
+    hi = np.float32(88.72283172607422)            # the largest x with a finite float32 exp(x)
+    x = np.array([hi, np.nextafter(hi, np.float32(np.inf)), -103.97, -103.98, -104.0, -87.0,
+                  -100.0], f)
+    out = np.empty_like(x)
+    gl.compile_kernel(KernelSpec((f,), (("exp", (("in", 0),), f),), (("eq", 0),)))([x], [out])
+    assert np.isfinite(out[0]) and out[1] == np.inf
+    assert out[2] > 0 and out[3] == 0 and out[4] == 0
+    want = np.exp(x[5:].astype(np.float64)).astype(f)       # -100: a denormal result
+    np.testing.assert_allclose(out[5:], want, rtol=1e-6, atol=2.0 ** -149)
+
+
 def test_unsupported_op_fails_at_compile_time():
     bad = KernelSpec(("float32", "float32"), (("xor", (("in", 0), ("in", 1)), "float32"),),
                      (("eq", 0),))
@@ -476,6 +545,7 @@ def test_threads_match_serial(monkeypatch):
         np.testing.assert_array_equal(out, xi.sum(axis=axes))
 
 
+
 # ------------------------------------------------------------------------ cache, debug, overhead
 def test_memo_and_cache_info():
     assert gl.compile_kernel(AXPY) is gl.compile_kernel(AXPY)
@@ -493,13 +563,17 @@ x = np.linspace(-3, 3, 101, dtype=np.float32)
 out = np.empty_like(x)
 gl.compile_kernel(spec)([x], [out])
 ok = bool(np.allclose(out, np.tanh(x) * 1.25, rtol=1e-5))
-print(json.dumps({"ok": ok, **gl.cache_info()}))
+print(json.dumps({"ok": ok, "llvm_imported": "llvmlite.binding" in sys.modules,
+                  **gl.cache_info()}))
 """
 
 
-def _child(cachedir):
-    env = dict(os.environ, GRAPHC_COMPILEDIR=str(cachedir),
+def _child(cachedir, no_linker=False):
+    # GRAPHC_NATIVE_CALL=0: no call trampoline (pycall.py), so the kernel is the only entry
+    env = dict(os.environ, GRAPHC_COMPILEDIR=str(cachedir), GRAPHC_NATIVE_CALL="0",
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if no_linker:                               # no `ld` on PATH: the object-only cache
+        env["PATH"] = ""
     return subprocess.Popen([sys.executable, "-c", _CHILD], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -519,26 +593,75 @@ def _entry_is_valid(cachedir):
     finally:
         gl.set_compiledir(old)
 
+def _so_is_valid(cachedir):
+    (lib,) = [p for p in cachedir.iterdir() if p.suffix == ".so"]
+    return jit._unpack(jit._SO_MAGIC, lib.read_bytes(), trailer=True) is not None
+
+
 
 def test_persistent_cache_across_processes(tmp_path):
     first = _result(_child(tmp_path))
     assert first["ok"] and first["compiled"] == 1 and first["entries"] == 1
+    if jit._linker() is not None:                   # linked by exit, for the next process
+        assert _so_is_valid(tmp_path)
     assert first["ir_built"] == 1                   # the one variant it runs
     second = _result(_child(tmp_path))
     assert second["ok"] and second["compiled"] == 0 and second["disk_hits"] == 1
     assert second["ir_built"] == 0                  # a warm hit never runs the IR builder
-    # A truncated entry is detected, rebuilt and rewritten whole.
+    if jit._linker() is not None:                   # ... nor imports LLVM
+        assert second["so_hits"] == 1 and not second["llvm_imported"]
+    # Truncated entries are detected, rebuilt and rewritten whole.
     (entry,) = [p for p in tmp_path.iterdir() if p.suffix == ".o"]
-    entry.write_bytes(entry.read_bytes()[:100])
+    for p in tmp_path.iterdir():
+        if p.suffix in (".o", ".so"):
+            p.write_bytes(p.read_bytes()[:100])
     assert not _entry_is_valid(tmp_path)
     third = _result(_child(tmp_path))
-    assert third["ok"] and third["rebuilt_corrupt"] == 1 and third["compiled"] == 1
+    assert third["ok"] and third["rebuilt_corrupt"] >= 1 and third["compiled"] == 1
     assert _entry_is_valid(tmp_path)
+    if jit._linker() is not None:
+        assert _so_is_valid(tmp_path)
     # Two processes racing on one key both succeed and leave one valid entry, no temporaries.
-    entry.unlink()
+    for p in tmp_path.iterdir():
+        if p.suffix in (".o", ".so"):
+            p.unlink()
     racers = [_child(tmp_path), _child(tmp_path)]
     assert all(_result(p)["ok"] for p in racers)
     assert _entry_is_valid(tmp_path)
+    if jit._linker() is not None:
+        assert _so_is_valid(tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".part" or p.name.startswith(".tmp")]
+
+
+@pytest.mark.skipif(jit._linker() is None, reason="no system linker")
+def test_shared_object_fallbacks(tmp_path):
+    """A damaged linked library is never loaded: the object entry is used (through LLVM) and
+    the library relinked. Without a linker the object-only cache works as before."""
+    first = _result(_child(tmp_path))
+    assert first["ok"] and _so_is_valid(tmp_path)
+    (lib,) = [p for p in tmp_path.iterdir() if p.suffix == ".so"]
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 2] ^= 0xFF                    # flip one byte inside the ELF file
+    lib.write_bytes(bytes(data))
+    second = _result(_child(tmp_path))
+    assert second["ok"] and second["rebuilt_corrupt"] == 1 and second["so_hits"] == 0
+    assert second["compiled"] == 0 and second["disk_hits"] == 1 and second["llvm_imported"]
+    assert _so_is_valid(tmp_path)                   # relinked from the object entry
+    assert _result(_child(tmp_path))["so_hits"] == 1
+    # the CPU name/features remembered for keys: a damaged record is asked of LLVM again
+    (host,) = tmp_path.glob("host-*.json")
+    good = host.read_text()
+    host.write_text(good[:10])
+    again = _result(_child(tmp_path))
+    assert again["ok"] and again["so_hits"] == 1 and again["llvm_imported"]
+    assert host.read_text() == good
+
+    other = tmp_path / "nold"
+    plain = [_result(_child(other, no_linker=True)) for _ in range(2)]
+    assert all(r["ok"] for r in plain) and not list(other.glob("*.so"))
+    assert plain[0]["compiled"] == 1 and plain[1]["compiled"] == 0
+    assert plain[1]["disk_hits"] == 1 and plain[1]["so_hits"] == 0
+    assert not [p for p in other.iterdir() if p.suffix == ".part" or p.name.startswith(".tmp")]
 
 
 def test_codegen_change_invalidates(tmp_path, monkeypatch):
@@ -567,6 +690,7 @@ def test_codegen_change_invalidates(tmp_path, monkeypatch):
 
     monkeypatch.setattr(jit, "_compiledir_override", str(tmp_path))
     from graphc.backend.llvm import kernel as kernel_module
+    monkeypatch.setattr(pycall, "AVAILABLE", False)     # count the kernel's compiles only
     checks, check = [], kernel_module.check_renders
     monkeypatch.setattr(kernel_module, "check_renders", lambda s: checks.append(s) or check(s))
     spec = KernelSpec(("float64",), (("mul", (("in", 0), ("const", 3.5, "float64")), "float64"),),
@@ -591,6 +715,8 @@ def test_codegen_change_invalidates(tmp_path, monkeypatch):
 def test_clear_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(jit, "_compiledir_override", None)
     monkeypatch.setenv("GRAPHC_COMPILEDIR", str(tmp_path / "c"))
+    monkeypatch.setattr(pycall, "AVAILABLE", False)     # no call trampoline entry (pycall.py)
+    monkeypatch.setattr(jit, "_pending", [])            # link this test's object only
     assert gl.cache_info()["dir"] == str(tmp_path / "c")
     spec = KernelSpec(("int32",), (("add", (("in", 0), ("const", 12345, "int32")), "int32"),),
                       (("eq", 0),))
@@ -598,8 +724,13 @@ def test_clear_cache(tmp_path, monkeypatch):
     gl.compile_kernel(spec)([np.arange(3, dtype=np.int32)], [out])
     assert out.tolist() == [12345, 12346, 12347]
     assert gl.cache_info()["entries"] == 1
+    if jit._linker() is not None:
+        jit.link_pending()
+        assert gl.cache_info()["shared"] == 1
     gl.clear_cache()
-    assert gl.cache_info()["entries"] == 0
+    info = gl.cache_info()
+    assert info["entries"] == 0 and info["shared"] == 0
+    assert os.listdir(tmp_path / "c") == []
 
 
 def test_debug_prints_ir_and_assembly(capfd):

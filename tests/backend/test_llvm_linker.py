@@ -388,3 +388,81 @@ def test_ndarray_subclass_inputs_are_plain_arrays_inside(mode):
     s, sq = f(np.matrix([[1.0, 2.0], [3.0, 4.0]]))
     assert s.shape == (2,) and type(sq) is np.ndarray
     np.testing.assert_array_equal(sq, [[1.0, 4.0], [9.0, 16.0]])
+
+
+# --------------------------------------------------------------------------- per-call path
+def test_repeated_calls_return_fresh_outputs_across_layout_changes(rng):
+    """The per-call fast path (the previous call's plan, tried first) meets every change an
+    input can make between calls: shape, strides, dtype, ndarray or scalar; results match
+    the reference and returned arrays are never written again."""
+    x = T.fvector("x")
+    s = T.fscalar("s")
+    f = graphc.function([x, s], T.tanh(x) * s + 1, mode=NATIVE)
+    ref = graphc.function([x, s], T.tanh(x) * s + 1, mode=REFERENCE)
+    big = rng.standard_normal(40).astype("float32")
+    values = [(big[:10], 2.0), (big[:10], np.float32(3.0)), (big[:20:2], 2.0), (big[:7], 2.0),
+              (big[::-4], np.array(1.5, "float32")), (big[:10], 2.0), (big[:10].copy(), 0.5)]
+    held = []
+    for xv, sv in values:
+        got = f(xv, sv)
+        assert_same(got, ref(xv, sv), f"{xv.shape} {xv.strides} {sv!r}")
+        held.append((got, got.copy()))
+    for k, (got, snapshot) in enumerate(held):
+        np.testing.assert_array_equal(got, snapshot, err_msg=f"call {k} was overwritten")
+        assert not any(np.shares_memory(got, o) for o, _ in held[k + 1:])
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_small_plans_run_as_builtins():
+    """A small one-call plan gets a builtin that checks the whole signature natively
+    (type, dtype, shape, strides; outputs writeable) and runs nothing on a mismatch."""
+    from graphc.backend.llvm import pycall
+    from graphc.backend.kernel_spec import KernelSpec
+    if not pycall.AVAILABLE:
+        pytest.skip("no native call on this interpreter")
+    spec = KernelSpec(("float32", "float32"), (("mul", (("in", 0), ("in", 1)), "float32"),),
+                      (("eq", 0),))
+    kernel = gl.compile_kernel(spec)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    y = np.full(4, 2.0, np.float32)
+    out = np.zeros((3, 4), np.float32)
+    kernel([x, y], [out])
+    (plan,) = [p for key, p in kernel._plans.items() if key[0][2] == (3, 4) and key[1][2] == (4,)
+               and key[2][3] == out.strides]
+    call = plan.native
+    assert call is not None
+    out[...] = 0
+    refs = sys.getrefcount(out)
+    for _ in range(100):
+        assert call(x, y, out) is out
+    assert sys.getrefcount(out) == refs
+    np.testing.assert_array_equal(out, x * y)
+    read_only = np.zeros((3, 4), np.float32)
+    read_only.flags.writeable = False
+    others = [(x, y, read_only), (x, y, None), (x, y, np.zeros((3, 4))),
+              (np.asfortranarray(x), y, out), (x, y[None], out), (x, 2.0, out), (x[:2], y, out),
+              (x.astype("float64"), y, out), (np.matrix(x), y, out)]
+    out[...] = -1
+    for args in others:
+        assert call(*args) is not args[-1]
+    assert (out == -1).all() and not read_only.any()
+    with pytest.raises(SystemError):
+        call(x, y)
+
+
+def test_large_plans_keep_the_ctypes_call(rng, monkeypatch):
+    """Loops from parallel_min() elements on run through ctypes, which releases the GIL."""
+    from graphc.backend.llvm import pycall
+    if not pycall.AVAILABLE:
+        pytest.skip("no native call on this interpreter")
+    monkeypatch.setenv("GRAPHC_PARALLEL_MIN", "64")
+    x = T.fvector("x")
+    f = graphc.function([x], T.exp(x) * 2, mode=NATIVE)
+    for n in (10, 100):
+        xv = rng.standard_normal(n).astype("float32")
+        f(xv)
+        np.testing.assert_allclose(f(xv), np.exp(xv) * 2, rtol=1e-6)
+    (op,) = [op for op in ops_of(f) if isinstance(op, Fused)]
+    plans = gl.compile_kernel(op.to_kernel_spec())._plans
+    sizes = {key[0][2][0]: plan.native is not None for key, plan in plans.items()}
+    assert sizes.get(10) is True and sizes.get(100) is False

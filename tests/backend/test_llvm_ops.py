@@ -49,7 +49,9 @@ def test_specs_are_canonical():
 
 # --------------------------------------------------------------------------- cross-entropy
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(7, 13), (1, 1), (33, 2)])
+@pytest.mark.parametrize("shape", [(7, 13), (1, 1), (33, 2),
+                                   (5, 70),         # float32 rows: vector loops and a tail
+                                   (64, 1000)])     # row blocks on threads
 def test_xent_loss_and_grad(dtype, shape):
     z = T.matrix("z", dtype=dtype)
     y = T.ivector("y")
@@ -81,6 +83,23 @@ def test_xent_op_outputs_strided_and_negative_labels(bias):
     compare(ins, [nll, sm, g], vals, f"xent op bias={bias}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_xent_masked_and_non_finite_logits(dtype):
+    """-inf logits (masked classes) give exactly 0; a nan or +inf makes its row nan."""
+    x = T.matrix("x", dtype=dtype)
+    y = T.ivector("y")
+    nll, sm = SoftmaxCrossentropy()(x, y)
+    xv = (3 * rng.standard_normal((6, 45))).astype(dtype)
+    xv[0, ::3] = -np.inf
+    xv[1, 40] = np.nan
+    xv[2, 7] = np.inf
+    xv[3, :] = -np.inf
+    xv[4, 1:] = -200.0                                 # exp underflows next to the max
+    yv = np.array([1, 2, 3, 4, 5, 0], np.int32)
+    got = compare([x, y], [nll, sm], [xv, yv], f"xent non-finite {dtype}")
+    assert (got[1][0, ::3] == 0).all()
+
+
 def test_xent_keeps_results_across_calls_and_errors():
     z = T.matrix("z", dtype="float32")
     y = T.ivector("y")
@@ -109,6 +128,8 @@ POOLS = [  # (input shape, ws, ignore_border)
     ((2, 5, 7, 5), (2, 2), False),         # partial edge windows: numpy perform
     ((4, 6, 4), (1, 2), True),             # 3-d input
     ((1, 2, 6, 8, 4), (2, 4), True),       # 5-d input
+    ((9, 40), (2, 2), True),               # 2-d input, 2x2: one plane
+    ((4, 5, 24, 24), (2, 2), True),        # 2x2 rows long enough for the vector loop
 ]
 
 
@@ -202,3 +223,103 @@ def test_conv_strided_inputs_repeated_calls_and_errors():
             assert_same(got, want, f"conv {xv.shape}")
     with pytest.raises(ShapeError, match="channels"):
         f(big, rng.standard_normal((2, 2, 3, 3)).astype(np.float32))
+
+
+def _conv_steps(f):
+    """{op type name: step} of the conv nodes of ``f``, made as the linker makes them (in run
+    order, over one shared storage)."""
+    from graphc.link.py import make_storage
+    fg = f.maker.fgraph
+    order = fg.toposort()
+    storage = make_storage(fg, order)
+    steps = {}
+    for node in order:
+        maker = STEP_MAKERS.get(type(node.op))
+        if maker is not None and "Conv" in type(node.op).__name__:
+            steps[type(node.op).__name__] = maker(node, [storage[i] for i in node.inputs],
+                                                  [storage[o] for o in node.outputs], True)
+    return steps
+
+
+def test_conv_weight_grad_reuses_the_forward_patches_of_the_same_call():
+    x = T.tensor4("x", dtype="float64")
+    W = T.tensor4("W", dtype="float64")
+    out = T.tanh(conv2d(x, W))
+    outs = [out, graphc.grad((out * out).sum(), W)]
+    f = graphc.function([x, W], outs, mode=NATIVE)
+    ref = graphc.function([x, W], outs, mode=graphc.Mode(linker="py", optimizer=None))
+    steps = _conv_steps(f)
+    assert steps["Conv2dGradWeights"].cols_ws is steps["Conv2d"].ws
+    xv = rng.standard_normal((3, 2, 9, 20)).astype(np.float64)
+    Wv = rng.standard_normal((4, 2, 3, 3)).astype(np.float64)
+    for _ in range(2):              # the caller refills its input array between calls
+        for got, want in zip(f(xv, Wv), ref(xv, Wv)):
+            assert_same(got, want, "conv with reused patches")
+        xv[...] = rng.standard_normal(xv.shape)
+    other = rng.standard_normal((3, 2, 9, 20)).astype(np.float64)
+    for got, want in zip(f(other, Wv), ref(other, Wv)):
+        assert_same(got, want, "conv, another image array")
+
+
+def test_conv_weight_grad_without_a_forward_makes_its_own_patches():
+    x = T.tensor4("x", dtype="float32")
+    W = T.tensor4("W", dtype="float32")
+    G = T.tensor4("G", dtype="float32")
+    gW = graphc.grad((conv2d(x, W) * G).sum(), W)      # the forward's value is not needed
+    compare([x, W, G], gW, [rng.standard_normal((2, 3, 8, 8)).astype(np.float32),
+                            rng.standard_normal((2, 3, 3, 3)).astype(np.float32),
+                            rng.standard_normal((2, 2, 6, 6)).astype(np.float32)],
+            "conv weight grad alone")
+    f = graphc.function([x, W, G], gW, mode=NATIVE)
+    assert _conv_steps(f)["Conv2dGradWeights"].cols_ws is None
+
+
+@pytest.mark.parametrize("xs,ws", [((32, 4, 24, 24), (8, 4, 5, 5)),     # rows of ow >= 16
+                                   ((64, 8, 12, 12), (16, 8, 5, 5))])   # batch-last order
+def test_conv_larger_shapes(xs, ws):
+    x = T.tensor4("x", dtype="float32")
+    W = T.tensor4("W", dtype="float32")
+    out = conv2d(x, W)
+    G = T.tensor4("G", dtype="float32")
+    outs = [out] + graphc.grad((out * G).sum(), [x, W])
+    oshape = (xs[0], ws[0], xs[2] - ws[2] + 1, xs[3] - ws[3] + 1)
+    compare([x, W, G], outs, [rng.standard_normal(xs).astype(np.float32),
+                              rng.standard_normal(ws).astype(np.float32),
+                              rng.standard_normal(oshape).astype(np.float32)],
+            f"conv {xs} {ws}")
+
+
+# --------------------------------------------------------------------------- numpy's BLAS
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gemm_into_numpys_blas(dtype):
+    """c = alpha * a @ b + beta * c in one CBLAS call, for row- and column-major operands and
+    a c with padded rows; layouts BLAS cannot take are declined (the caller uses np.dot)."""
+    from graphc.backend.llvm.blas import gemm_into, numpy_cblas_gemm
+    if numpy_cblas_gemm(dtype) is None:
+        pytest.skip("numpy's CBLAS not found")
+    a0 = rng.standard_normal((5, 7)).astype(dtype)
+    b0 = rng.standard_normal((7, 3)).astype(dtype)
+    for a in (a0, np.asfortranarray(a0)):
+        for b in (b0, np.asfortranarray(b0), b0.T.copy().T):
+            for alpha, beta in ((1.0, 0.0), (-0.1, 1.0), (2.0, -0.5)):
+                big = rng.standard_normal((5, 6)).astype(dtype)
+                c = big[:, :3]                                  # rows of stride 6
+                want = alpha * (a0.astype(np.float64) @ b0) + beta * c
+                if beta == 0.0:
+                    c[...] = np.nan                             # ignored when beta == 0
+                    want = alpha * (a0.astype(np.float64) @ b0)
+                assert gemm_into(a, b, alpha, beta, c)
+                assert_same(c, want.astype(dtype), f"gemm_into {alpha} {beta}")
+    assert not gemm_into(a0[:, ::-1], b0, 1.0, 0.0, np.empty((5, 3), dtype))
+    assert not gemm_into(a0, b0, 1.0, 0.0, np.empty((3, 5), dtype).T)
+
+
+def test_gemm_with_z_through_blas_matches_reference():
+    """The SGD update form W - lr * x.T @ d (Gemm{TN, z}) and a scaled product."""
+    x = T.matrix("x", dtype="float32")
+    d = T.matrix("d", dtype="float32")
+    Wm = T.matrix("W", dtype="float32")
+    outs = [Wm - 0.1 * T.dot(x.T, d), 3.0 * T.dot(x, Wm)]
+    compare([x, d, Wm], outs, [rng.standard_normal((8, 5)).astype(np.float32),
+                               rng.standard_normal((8, 6)).astype(np.float32),
+                               rng.standard_normal((5, 6)).astype(np.float32)], "gemm z")

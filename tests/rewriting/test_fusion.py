@@ -47,6 +47,19 @@ def test_several_consumers_give_a_multi_output_node():
     assert_same(f, g, rng.random((2, 3)), rng.random((2, 3)))
 
 
+def test_consumers_of_a_shared_value_merge_into_its_node():
+    # dc is read by three consumers that all feed a join (an LSTM's gate gradients) and by
+    # an output: one kernel computes dc and every consumer, dc stays one of its outputs
+    a, b, c, d, e = [T.dmatrix(n) for n in "abcde"]
+    dc = a + b * (1 - T.sqr(c))
+    parts = [dc * d * (1 - d), dc * e * (1 - e), dc * c]
+    f, g = compile_both([a, b, c, d, e], [T.join(1, *parts), dc * e])
+    nodes = fused_nodes(f)
+    assert len(nodes) == 1 and len(nodes[0].outputs) == 4
+    rng = np.random.default_rng(4)
+    assert_same(f, g, *[rng.random((2, 3)) for _ in range(5)])
+
+
 def test_region_ends_in_a_reduction():
     x, y = T.dmatrix("x"), T.dmatrix("y")
     f, g = compile_both([x, y], [T.sum(x * x, axis=1), T.sqrt(T.sum(T.sqr(y)))])

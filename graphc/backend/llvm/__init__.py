@@ -6,7 +6,8 @@
     cache_info(), clear_cache(), set_compiledir(path)
 
 Modules: jit (target machine, engine, object cache), codegen (loops), scalar (op semantics),
-vmath (polynomial math), kernel (Kernel, plans, threads), blas (BLAS pointers and gemm).
+vmath (polynomial math), kernel (Kernel, plans, threads), blas (BLAS pointers and gemm),
+softmax and col2im (hand-written kernels of the cross-entropy and convolution steps).
 Set GRAPHC_DEBUG_LLVM=1 to print each kernel's IR and assembly to stderr.
 """
 from __future__ import annotations

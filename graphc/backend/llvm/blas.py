@@ -145,3 +145,113 @@ def gemm(transA: bool, transB: bool, alpha, A, B, beta, C) -> None:
        ctypes.byref(i(ldc)))
     if out is not C:
         C[...] = out
+
+
+# --------------------------------------------------------------------------- numpy's BLAS
+# The linker's gemm steps call the BLAS numpy itself is linked against (one OpenBLAS thread
+# pool in the process: a second pool on the same cores slowed both by 30-100x), through its
+# CBLAS interface, so that ``C = alpha * A @ B + beta * C`` is one BLAS call where np.dot
+# needs a product array and two more passes over it.  Names tried, in order: the symbol
+# names of numpy's bundled scipy-openblas (64-bit ints), then the plain ones (whose int width
+# numpy's build configuration gives).
+_CBLAS_NAMES = (("scipy_cblas_{}64_", 64), ("cblas_{}64_", 64), ("cblas_{}", None))
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_numpy_cblas: dict = {}
+
+
+def _numpy_blas_libs():
+    """Paths of the loaded shared libraries that look like numpy's BLAS."""
+    import numpy
+    pkg = os.path.dirname(os.path.abspath(numpy.__file__))
+    roots = (pkg + os.sep, pkg + ".libs" + os.sep)     # the wheel's bundled libraries
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if line.count("/") else ""
+                if path.startswith(roots) and "blas" in os.path.basename(path).lower() and \
+                        path not in paths:
+                    paths.append(path)
+    except OSError:
+        pass
+    return paths
+
+
+def _numpy_int_bits():
+    """32 or 64: the integer width of numpy's BLAS (from numpy's build configuration)."""
+    try:
+        import numpy
+        cfg = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return 64 if "64" in str(cfg.get("name", "")) + str(cfg.get("openblas configuration",
+                                                                   "")) else 32
+    except Exception:
+        return None
+
+
+def numpy_cblas_gemm(dtype):
+    """numpy's cblas_sgemm/dgemm as a ctypes function, with its integer type; None when
+    numpy's BLAS cannot be found (then callers use np.dot)."""
+    key = np.dtype(dtype).name
+    if key in _numpy_cblas:
+        return _numpy_cblas[key]
+    found = None
+    name = {"float32": "sgemm", "float64": "dgemm"}.get(key)
+    if name is not None:
+        for path in _numpy_blas_libs():
+            try:
+                lib = ctypes.CDLL(path)     # already loaded by numpy: the same library
+            except OSError:
+                continue
+            for pattern, bits in _CBLAS_NAMES:
+                fn = getattr(lib, pattern.format(name), None)
+                bits = bits or _numpy_int_bits()
+                if fn is None or bits is None:
+                    continue
+                i = ctypes.c_int64 if bits == 64 else ctypes.c_int32
+                real = ctypes.c_float if key == "float32" else ctypes.c_double
+                p = ctypes.c_void_p
+                fn.restype = None
+                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i, i, i, real, p, i,
+                               p, i, real, p, i]
+                found = fn
+                break
+            if found is not None:
+                break
+    _numpy_cblas[key] = found
+    return found
+
+
+def _row_major_view(x):
+    """(transpose flag, leading dimension) for CBLAS row-major: x itself when its rows are
+    contiguous, x.T of a row-major array when its columns are; None otherwise."""
+    r, c = x.shape
+    item = x.itemsize
+    s0, s1 = x.strides
+    if (c == 1 or s1 == item) and s0 % item == 0 and s0 // item >= max(1, c):
+        return _NO_TRANS, max(1, s0 // item)
+    if (r == 1 or s0 == item) and s1 % item == 0 and s1 // item >= max(1, r):
+        return _TRANS, max(1, s1 // item)
+    return None
+
+
+def gemm_into(a, b, alpha, beta, c) -> bool:
+    """c[...] = alpha * a @ b + beta * c with numpy's BLAS, in one call; a, b, c 2-D arrays of
+    one float dtype with matching shapes, c with contiguous rows.  With beta == 0, c's
+    contents are ignored.  Returns False (nothing done) when numpy's CBLAS is unavailable
+    or an operand has a layout BLAS cannot take (the caller then uses np.dot)."""
+    fn = numpy_cblas_gemm(c.dtype)
+    if fn is None or not c.flags.writeable or a.dtype != c.dtype or b.dtype != c.dtype:
+        return False
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 0 or n == 0 or k == 0:
+        return False
+    va, vb = _row_major_view(a), _row_major_view(b)
+    item = c.itemsize
+    if va is None or vb is None or not (n == 1 or c.strides[1] == item) or \
+            c.strides[0] % item or c.strides[0] // item < n and m > 1:
+        return False
+    ldc = max(1, n if m == 1 else c.strides[0] // item)
+    fn(_ROW_MAJOR, va[0], vb[0], m, n, k, alpha, a.ctypes.data, va[1], b.ctypes.data, vb[1],
+       beta, c.ctypes.data, ldc)
+    return True

@@ -4,39 +4,51 @@ Every kernel goes through the same path, whether or not it was compiled before:
 
     (KernelSpec, Variant) --sha256(spec + variant + codegen sources + CPU + features
                                    + versions + flags)--> key
-    key --disk cache hit--> object code                         (no IR is built)
+    key --linked library <key>.so--> dlopen (ctypes) --> function address   (no LLVM at all)
+        --object entry <key>.o--> the process-wide MCJIT engine --> function address
         --miss--> build IR, parse, verify, optimize (O3 + loop vectorizer), emit object, store
-    object code --add_object_file--> the process-wide MCJIT engine --> function address
+                  the object, load it through MCJIT, link <key>.so at interpreter exit
 
 The key is computed from the *inputs* of code generation, not from the IR text, so a warm
 process never runs the (slow, pure Python) IR builder. To keep that sound, the key includes a
 hash of the source text of every module that decides what code a (spec, variant) becomes
-(``CODEGEN_SOURCES``): editing any of them changes every key. Going through object code even
-on a miss keeps one loading path (so the cache path is the path every test exercises) and
-costs ~1 ms.
+(``CODEGEN_SOURCES``): editing any of them changes every key. The CPU name and features come
+from LLVM once per machine and are remembered in the compile dir (see ``_host``), so a warm
+process builds keys without importing llvmlite.binding. Going through object code even on a
+miss keeps one loading path for fresh and cached objects (~1 ms).
 
 Cache entries are files ``<compiledir>/<key>.o`` made of a header (magic, payload length,
-sha256 of the payload) followed by the object code. A writer writes to a temporary file in the
-same directory and ``os.replace``s it, so readers in other processes see the old entry or the
-new one, never half of one. A reader that finds a bad header, a wrong length or a wrong hash
-treats the entry as missing and rebuilds it. Two processes compiling the same key at once both
-write complete, identical entries; the last rename wins. Empty ``<key>.ok`` files are markers
-(see ``mark``): facts about a key that are cheaper to remember than to recompute.
+sha256 of the payload) followed by the object code, and ``<key>.so``, the same object linked by
+the system linker, followed by the same kind of record as a trailer. A writer writes to a
+temporary file in the same directory and ``os.replace``s it, so readers in other processes see
+the old entry or the new one, never half of one. A reader that finds a bad header, a wrong
+length or a wrong hash treats the entry as missing and rebuilds it. Two processes compiling the
+same key at once both write complete, identical entries; the last rename wins. Empty
+``<key>.ok`` files are markers (see ``mark``): facts about a key that are cheaper to remember
+than to recompute.
 
 See /work/shared/TOOLCHAIN.md for the llvmlite 0.50 facts this relies on (new pass manager only,
 host CPU name + features for AVX, emit_object instead of set_object_cache).
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
+import json
 import os
+import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
 
 import llvmlite
-import llvmlite.binding as llvm
+
+# llvmlite.binding (LLVM itself, ~50-65 ms to import: a large shared library and hundreds of
+# ctypes prototypes) is imported only when a kernel must be compiled or loaded from a bare
+# object file; a warm process loads linked shared objects with ctypes alone.
+llvm = None
 
 # Part of every cache key, with the hash of CODEGEN_SOURCES: names the pass pipeline, target
 # machine options and loading convention (already covered by jit.py's own source hash, but this
@@ -53,20 +65,36 @@ CODEGEN_SOURCES = ("codegen.py", "scalar.py", "vmath.py", "jit.py", "../kernel_s
 PLACEHOLDER = "GRAPHC_KERNEL_PLACEHOLDER"
 
 _MAGIC = b"GRAPHCO1"
+_SO_MAGIC = b"GRAPHCS1"
 _HEADER = struct.Struct("<8sQ32s")          # magic, payload length, sha256(payload)
 
 _lock = threading.RLock()                   # guards the engine, the loaded-symbol table, stats
 _state = None                               # lazily built _Target
+_salt_text = None                           # host + versions + flags part of every key
 _loaded: dict = {}                          # function name -> address (already in the engine)
+_libraries = []                             # every loaded ctypes.CDLL (kept alive)
 _compiledir_override = None
 _codegen_version = None
-stats = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt_corrupt": 0, "ir_built": 0}
+_pending = []                               # (compile dir, key, object) to link at exit
+_exit_hook = False                          # link_pending registered with atexit
+stats = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt_corrupt": 0, "ir_built": 0,
+         "so_hits": 0}
+
+
+def _binding():
+    """Import llvmlite.binding on first need (see ``llvm`` above)."""
+    global llvm
+    if llvm is None:
+        import llvmlite.binding
+        llvm = llvmlite.binding
+    return llvm
 
 
 class _Target:
     """Target machine for codegen, an MCJIT engine to load objects into, and the key salt."""
 
     def __init__(self):
+        _binding()
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
         llvm.initialize_native_asmparser()
@@ -88,8 +116,7 @@ class _Target:
         empty = llvm.parse_assembly(
             f'target triple = "{self.triple}"\ntarget datalayout = "{self.data_layout}"\n')
         self.engine = llvm.create_mcjit_compiler(empty, engine_tm)
-        self.salt = "\n".join([self.cpu, self.features, llvmlite.__version__,
-                               ".".join(map(str, llvm.llvm_version_info)), CODEGEN_FLAGS])
+        self.llvm_version = ".".join(map(str, llvm.llvm_version_info))
         self.objects = []                   # keep every loaded ObjectFileRef alive
 
     def optimize(self, mod):
@@ -132,11 +159,57 @@ def codegen_version() -> str:
     return _codegen_version
 
 
+def _host_fingerprint():
+    """What decides LLVM's host CPU name and features, read without LLVM: the first CPU's
+    vendor, family, model, stepping and feature flags from /proc/cpuinfo (both come from
+    cpuid), plus the llvmlite version (which pins the LLVM version). None when unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            first = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return None
+    keep = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags", "Features",
+            "CPU implementer", "CPU architecture", "CPU variant", "CPU part", "CPU revision")
+    lines = sorted(ln for ln in first.splitlines() if ln.split(":")[0].strip() in keep)
+    if not any(ln.startswith(("flags", "Features")) for ln in lines):
+        return None
+    return "\n".join(lines + [sys.platform, llvmlite.__version__])
+
+
+def _host():
+    """(cpu name, features, LLVM version) as LLVM reports them for this machine.
+
+    Asking LLVM means importing llvmlite.binding; a warm process would pay that only to build
+    cache keys, so the answer is remembered in the compile dir under a hash of the cpuinfo
+    fingerprint (``host-<hash>.json``) and read back from there.
+    """
+    fp = _host_fingerprint()
+    path = None
+    if fp is not None:
+        digest = hashlib.sha256(fp.encode()).hexdigest()[:32]
+        path = os.path.join(compiledir(), f"host-{digest}.json")
+        try:
+            with open(path) as f:
+                info = json.load(f)
+            return info["cpu"], info["features"], info["llvm"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    t = target()
+    info = {"cpu": t.cpu, "features": t.features, "llvm": t.llvm_version}
+    if path is not None:
+        _atomic_write(path, json.dumps(info).encode())
+    return info["cpu"], info["features"], info["llvm"]
+
+
 def cache_key(*parts: str) -> str:
     """The cache key of the code generated from ``parts`` (e.g. repr(spec), repr(variant)) on
     this machine, with this codegen and these versions and flags."""
-    t = target()
-    text = "\n".join((codegen_version(), t.salt) + parts)
+    global _salt_text
+    if _salt_text is None:
+        cpu, features, llvm_version = _host()
+        _salt_text = "\n".join([cpu, features, llvmlite.__version__, llvm_version,
+                                 CODEGEN_FLAGS])
+    text = "\n".join((codegen_version(), _salt_text) + parts)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -188,6 +261,24 @@ def mark(key: str) -> None:
         pass
 
 
+def _pack(magic: bytes, payload: bytes) -> bytes:
+    return _HEADER.pack(magic, len(payload), hashlib.sha256(payload).digest())
+
+
+def _unpack(magic: bytes, blob: bytes, trailer: bool):
+    """The payload of an entry (header first, or trailer last), or None when damaged."""
+    if len(blob) < _HEADER.size:
+        return None
+    if trailer:
+        head, payload = blob[-_HEADER.size:], blob[:-_HEADER.size]
+    else:
+        head, payload = blob[:_HEADER.size], blob[_HEADER.size:]
+    got, length, digest = _HEADER.unpack(head)
+    if got != magic or length != len(payload) or hashlib.sha256(payload).digest() != digest:
+        return None
+    return payload
+
+
 def _read_entry(key: str):
     """Return the cached object code for ``key``, or None when missing or damaged."""
     try:
@@ -195,29 +286,26 @@ def _read_entry(key: str):
             blob = f.read()
     except OSError:
         return None
-    if len(blob) < _HEADER.size:
+    payload = _unpack(_MAGIC, blob, trailer=False)
+    if payload is None:
         stats["rebuilt_corrupt"] += 1
-        return None
-    magic, length, digest = _HEADER.unpack_from(blob)
-    payload = blob[_HEADER.size:]
-    if magic != _MAGIC or length != len(payload) or hashlib.sha256(payload).digest() != digest:
-        stats["rebuilt_corrupt"] += 1
-        return None
     return payload
 
 
-def _write_entry(key: str, payload: bytes) -> None:
-    """Atomically store ``payload``; a cache we cannot write is not an error, only slower."""
-    d = compiledir()
+def _atomic_write(path: str, *chunks: bytes) -> None:
+    """Write ``path`` through a temporary file and a rename, so that readers in other
+    processes see the old file or the new one, never half of one. A cache we cannot write is
+    not an error, only slower."""
+    d = os.path.dirname(path)
     try:
         os.makedirs(d, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=d)
         try:
             os.chmod(tmp, 0o644)           # mkstemp makes 0600; the cache may be shared
             with os.fdopen(fd, "wb") as f:
-                f.write(_HEADER.pack(_MAGIC, len(payload), hashlib.sha256(payload).digest()))
-                f.write(payload)
-            os.replace(tmp, _entry_path(key))
+                for chunk in chunks:
+                    f.write(chunk)
+            os.replace(tmp, path)
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -228,18 +316,142 @@ def _write_entry(key: str, payload: bytes) -> None:
         print(f"graphc: cannot write compile cache entry in {d}: {e}", file=sys.stderr)
 
 
+def _write_entry(key: str, payload: bytes) -> None:
+    _atomic_write(_entry_path(key), _pack(_MAGIC, payload), payload)
+
+
+# --------------------------------------------------------------------------- shared objects
+# A warm process should not need LLVM at all. Next to each object entry the cache keeps the
+# object linked by the system linker into a shared library, ``<key>.so``: the ELF file followed
+# by a trailer (magic, length, sha256 of the ELF bytes) that is checked before dlopen, so a
+# damaged library is rebuilt from the object entry, never loaded. The kernels reference no
+# symbols of their own making; whatever libc/libm routine LLVM calls (memset, fmod) is
+# resolved by dlopen from the process, and a library that fails to load falls back to the
+# object through MCJIT. Linking waits for interpreter exit (link_pending), so a cold process
+# spends nothing on it before its first results; a process killed before then leaves only the
+# object entries, and the next one links them. Without a linker (or off Linux), everything
+# goes through the object path, as before.
+
+_LINKER = "unresolved"                      # path of `ld`, None when unusable
+# At exit only the last this many objects are linked (~2-5 ms each): a process that compiled
+# thousands (a test suite) would otherwise spend seconds linking at exit; the rest are linked
+# by the next process that loads them.
+EXIT_LINK_LIMIT = 512
+
+
+def _linker():
+    global _LINKER
+    if _LINKER == "unresolved":
+        _LINKER = shutil.which("ld") if sys.platform.startswith("linux") else None
+    return _LINKER
+
+
+def _so_path(key: str) -> str:
+    return os.path.join(compiledir(), key + ".so")
+
+
+def _load_shared(key: str, name: str):
+    """The address of ``name`` from the linked library of ``key``, or None (no such entry, a
+    damaged one, or one that does not load here)."""
+    import ctypes
+    path = _so_path(key)
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError:
+        return None
+    if _unpack(_SO_MAGIC, blob, trailer=True) is None:
+        stats["rebuilt_corrupt"] += 1
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+        addr = ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+    if not addr:
+        return None
+    _libraries.append(lib)
+    return addr
+
+
+def _schedule_link(key: str, obj: bytes) -> None:
+    """Remember ``obj`` to be linked into ``<key>.so`` at interpreter exit (link_pending)."""
+    global _exit_hook
+    if _linker() is None:
+        return
+    with _lock:
+        _pending.append((compiledir(), key, obj))
+        if not _exit_hook:
+            atexit.register(link_pending, EXIT_LINK_LIMIT)
+            _exit_hook = True
+
+
+def link_pending(limit=None) -> None:
+    """Link every object this process loaded through LLVM (the last ``limit`` of them) into
+    its ``<key>.so`` now, with one linker process per object, 8 side by side. Runs at
+    interpreter exit, so that linking costs a cold process nothing before its results are
+    ready; tests call it to see the files. A linker that fails is not used again by this
+    process."""
+    global _LINKER
+    with _lock:
+        jobs, _pending[:] = list(_pending), []
+    if limit is not None:
+        jobs = jobs[-limit:]
+    ld = _linker()
+    if ld is None or not jobs:
+        return
+    for start in range(0, len(jobs), 8):
+        running = []
+        for d, key, obj in jobs[start:start + 8]:
+            try:                            # a directory removed since: nothing to add to
+                work = tempfile.mkdtemp(prefix=".tmp-link-", dir=d)
+            except OSError:
+                continue
+            src, out = os.path.join(work, "k.o"), os.path.join(work, "k.so")
+            try:
+                with open(src, "wb") as f:
+                    f.write(obj)
+                proc = subprocess.Popen([ld, "-shared", "-o", out, src],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+            except OSError:
+                shutil.rmtree(work, ignore_errors=True)
+                _LINKER = None
+                break
+            running.append((proc, d, key, work, out))
+        for proc, d, key, work, out in running:
+            try:
+                if proc.wait(timeout=60) == 0:
+                    with open(out, "rb") as f:
+                        elf = f.read()
+                    _atomic_write(os.path.join(d, key + ".so"), elf, _pack(_SO_MAGIC, elf))
+                else:
+                    _LINKER = None
+            except (OSError, subprocess.SubprocessError):
+                proc.kill()
+                _LINKER = None
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        if _LINKER is None:
+            return
+
+
 def cache_info() -> dict:
-    """{dir, entries, bytes} of the on-disk cache, plus this process's counters."""
+    """{dir, entries, bytes, shared} of the on-disk cache (entries: object files; shared:
+    linked libraries), plus this process's counters."""
     d = compiledir()
-    entries = nbytes = 0
+    entries = nbytes = shared = 0
     try:
         for name in os.listdir(d):
             if name.endswith(".o"):
                 entries += 1
                 nbytes += os.path.getsize(os.path.join(d, name))
+            elif name.endswith(".so"):
+                shared += 1
+                nbytes += os.path.getsize(os.path.join(d, name))
     except OSError:
         pass
-    return {"dir": d, "entries": entries, "bytes": nbytes, **stats}
+    return {"dir": d, "entries": entries, "bytes": nbytes, "shared": shared, **stats}
 
 
 def clear_cache() -> None:
@@ -248,14 +460,20 @@ def clear_cache() -> None:
     Functions already loaded into this process stay loaded (their addresses are in use).
     """
     d = compiledir()
+    with _lock:                             # objects of this directory not linked yet
+        _pending[:] = [job for job in _pending if job[0] != d]
     try:
         names = os.listdir(d)
     except OSError:
         return
     for name in names:
-        if name.endswith((".o", ".ok", ".part")):
+        path = os.path.join(d, name)
+        if name.startswith(".tmp-link-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif name.endswith((".o", ".so", ".ok", ".part")) or (
+                name.startswith("host-") and name.endswith(".json")):
             try:
-                os.unlink(os.path.join(d, name))
+                os.unlink(path)
             except OSError:
                 pass
 
@@ -291,9 +509,9 @@ def load_function(key: str, make_ir, debug=None, title: str = "") -> int:
 
     ``key`` comes from ``cache_key`` of everything the code is generated from; ``make_ir()``
     returns its IR text (entry point named PLACEHOLDER) and is only called on a cache miss or
-    in debug mode.
+    in debug mode. Lookup order: this process, the linked library (no LLVM), the object
+    entry (loaded by MCJIT), a fresh compile.
     """
-    t = target()
     debug = _debug_enabled(debug)
     name = "gk_" + key[:32]
     with _lock:
@@ -301,6 +519,14 @@ def load_function(key: str, make_ir, debug=None, title: str = "") -> int:
         if addr is not None and not debug:
             stats["memory_hits"] += 1
             return addr
+        if addr is None and not debug:
+            addr = _load_shared(key, name)
+            if addr is not None:
+                stats["disk_hits"] += 1
+                stats["so_hits"] += 1
+                _loaded[name] = addr
+                return addr
+        t = target()
         obj = None if debug else _read_entry(key)
         if obj is None:
             text = make_ir().replace(PLACEHOLDER, name)
@@ -319,4 +545,5 @@ def load_function(key: str, make_ir, debug=None, title: str = "") -> int:
         if not addr:
             raise RuntimeError(f"graphc: loaded object has no symbol {name}")
         _loaded[name] = addr
+        _schedule_link(key, obj)             # the next process loads it without LLVM
         return addr

@@ -3,7 +3,9 @@
 A call goes:  signature of the arrays (type, dtype, shape, strides) --dict--> Plan
 --> one ctypes call per thread chunk. The Plan (built once per signature) holds the broadcast,
 permuted and collapsed loop shape, the strides table passed to the kernel, the compiled Variant
-and the thread chunks; the per-call path is a dict lookup and the ctypes call(s).
+and the thread chunks; the per-call path is a dict lookup and the ctypes call(s). A small
+single-thread plan also gets a builtin (pycall.py) that checks the signature and runs the
+kernel without ctypes; callers that keep a plan between calls (the LLVM linker) call it directly.
 
 Loop layout (see codegen.py): dimensions of size 1 are dropped, reduced dimensions move after
 the kept ones, and neighbouring dimensions that are contiguous for every operand are merged, so
@@ -25,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..kernel_spec import KernelSpec
-from . import jit
+from . import jit, pycall
 from .codegen import (DATA_OFFSET, Variant, accumulator_dtype, build_ir, check_renders,
                       reduce_identity)
 from .scalar import DTYPES
@@ -128,7 +130,7 @@ class Plan:
     """Everything needed to run one kernel on arrays of one signature."""
 
     __slots__ = ("fn", "meta", "meta_ptr", "n0", "chunks", "partials", "empty", "fill",
-                 "prefill", "combine", "kernel", "simple")
+                 "prefill", "combine", "kernel", "simple", "native")
 
     def run(self, inputs, outputs):
         if self.empty:
@@ -208,7 +210,8 @@ class Kernel:
         """Run on ``inputs`` (broadcast against each other) writing into ``outputs``.
 
         ``nthreads`` overrides num_threads() for this call. The hot path is kept short on
-        purpose: a signature tuple, a dict lookup, one ctypes call (~3 us in all).
+        purpose: a signature tuple, a dict lookup, one call of the plan's builtin (small
+        loops, see pycall.py) or one ctypes call.
         """
         try:
             key = (*[(a.__class__, a.dtype, a.shape, a.strides) for a in inputs],
@@ -223,7 +226,9 @@ class Kernel:
         if plan is None:
             plan = self._make_plan(key, inputs, outputs, nthreads)
         if plan.simple:
-            plan.fn(0, plan.n0, 0, plan.meta_ptr, *map(id, inputs), *map(id, outputs))
+            native = plan.native
+            if native is None or native(*inputs, *outputs) is not outputs[-1]:
+                plan.fn(0, plan.n0, 0, plan.meta_ptr, *map(id, inputs), *map(id, outputs))
         else:
             plan.run(inputs, outputs)
 
@@ -318,6 +323,7 @@ class Kernel:
         plan.kernel = self
         plan.chunks = plan.combine = plan.fill = plan.prefill = None
         plan.simple = False
+        plan.native = None
         plan.empty = any(n == 0 for n in shape)
         if plan.empty:
             if spec.reduce is not None and outputs[0].size:   # numpy: sum([]) == 0.0
@@ -370,6 +376,12 @@ class Kernel:
                 plan.combine = lambda p, u=ufunc, a=acc_np, o=self.out_np[0]: \
                     u.reduce(p.astype(a)).astype(o)
         plan.simple = PYOBJ and plan.chunks is None and plan.prefill is None
+        if plan.simple and total < parallel_min():
+            # small loops skip ctypes: a builtin that checks the signature and runs the
+            # kernel with the GIL held (see pycall.py); large ones release the GIL
+            plan.native = pycall.builtin_call(
+                ctypes.cast(plan.fn, ctypes.c_void_p).value, plan.n0, plan.meta,
+                inputs, outputs, self.in_np + self.out_np)
         if len(self._plans) > 512:                  # signatures churn: start over
             self._plans.clear()
         self._plans[key] = plan

@@ -71,12 +71,17 @@ def bench_fused(reps, threads):
     t_np = _median_ms(numpy_version, max(3, reps // 3))
     t1 = _median_ms(lambda: k([a, x, b], [out], nthreads=1), reps)
     tn = _median_ms(lambda: k([a, x, b], [out], nthreads=threads), reps)
+    # compute cost alone: one thread on 2^15 elements (128 KiB each way, in L2), best of reps
+    xs, outs = x[:1 << 15], out[:1 << 15]
+    t_l2 = _median_ms(lambda: k([a, xs, b], [outs], nthreads=1), reps * 10).best
     err = np.max(np.abs(out - numpy_version()))
     print("fused tanh(a*x+b)*sigmoid(x)+exp(-x*x), 2^22 float32:")
     print(f"  numpy          {t_np:8.2f}")
     print(f"  llvm 1 thread  {t1:8.2f} ({t_np / t1:.1f}x numpy)")
     print(f"  llvm {threads} threads {tn:8.2f} ({t_np / tn:.1f}x numpy, "
           f"{t1 / tn:.2f}x 1 thread)   max abs diff {err:.1e}")
+    print(f"  per element and thread: {t1.best * 1e6 / x.size:.2f} ns (2^22), "
+          f"{t_l2 * 1e6 / xs.size:.2f} ns (2^15, in cache)")
 
 
 def bench_softmax_rows(reps, threads):

@@ -243,6 +243,8 @@ def conv2d_forward(img, kern, border_mode, subsample, flip, dilation, groups, ws
     bl = _batch_last_order(ow)
     cols = _im2col(_padded(img, pads, bl, ws), kh, kw, oh, ow, subsample, dilation, groups,
                    bl, ws)
+    if ws is not None:      # what the cols hold, for conv2d_grad_weights(cols_ws=ws)
+        ws["cols_of"] = (img, (kh, kw, oh, ow, pads, subsample, dilation, groups, bl))
     prod = _bmm(_kernel_matrix(kern, groups, flip), cols, ws)        # (G, Og, N)
     if bl:
         prod = prod.reshape(O, oh, ow, B).transpose(3, 0, 1, 2)
@@ -252,14 +254,23 @@ def conv2d_forward(img, kern, border_mode, subsample, flip, dilation, groups, ws
 
 
 def conv2d_grad_weights(img, topgrad, khw, border_mode, subsample, flip, dilation, groups,
-                        ws=None, out=None):
+                        ws=None, out=None, cols_ws=None):
+    """``cols_ws``: the workspace of a conv2d_forward that ran earlier in the same function
+    call: when it made its patches from this very image array with this geometry, they are
+    used as they are instead of being copied out again (the caller guarantees the order, and
+    that nothing wrote into the image in between)."""
     B, C, H, W = img.shape
     kh, kw = khw
     O, oh, ow = topgrad.shape[1:]
     pads = border_pads(border_mode, kh, kw, dilation)
     bl = _batch_last_order(ow)
-    cols = _im2col(_padded(img, pads, bl, ws), kh, kw, oh, ow, subsample, dilation, groups,
-                   bl, ws)
+    made = cols_ws.get("cols_of") if cols_ws is not None else None
+    if made is not None and made[0] is img and \
+            made[1] == (kh, kw, oh, ow, pads, subsample, dilation, groups, bl):
+        cols = cols_ws["cols"].reshape(groups, C // groups * kh * kw, B * oh * ow)
+    else:
+        cols = _im2col(_padded(img, pads, bl, ws), kh, kw, oh, ow, subsample, dilation,
+                       groups, bl, ws)
     rows = _group_rows(topgrad, groups, bl, ws)
     dk = _bmm(rows, cols.transpose(0, 2, 1), ws)                     # (G, Og, Cg*kh*kw)
     dk = dk.reshape(O, C // groups, kh, kw)
@@ -284,10 +295,14 @@ def conv2d_grad_inputs(kern, topgrad, hw, border_mode, subsample, flip, dilation
     dxp.fill(0)
     sh, sw = subsample
     dh, dw = dilation
-    for i in range(kh):
-        for j in range(kw):
-            dxp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh,
-                j * dw: j * dw + sw * (ow - 1) + 1: sw] += dcols[:, i, j]
+    native = ws.get("col2im") if ws is not None else None
+    if native is not None:          # a backend's kernel: all offsets of a channel at once
+        native(dcols, dxp, subsample, dilation)
+    else:
+        for i in range(kh):
+            for j in range(kw):
+                dxp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                    j * dw: j * dw + sw * (ow - 1) + 1: sw] += dcols[:, i, j]
     dx = dxp[:, t: t + H, l: l + W].transpose(3, 0, 1, 2)
     return _result(out, dx, kern.dtype)
 

@@ -1,0 +1,106 @@
+"""2x2 max pooling (stride 2, no padding) and its gradient, written directly as LLVM IR.
+
+The generic route runs KernelSpec kernels over the per-offset strided views of the input:
+their strides are run-time values, so the loop vectorizer cannot see that the four cells of
+a window are neighbours and falls back to scalar or gathered loads. Here the column step of
+2 is a constant, which the vectorizer turns into wide loads and shuffles.
+
+    maxpool2x2(lo, hi, meta, x, out)
+    maxpool2x2_grad(lo, hi, meta, x, m, g, gx)
+        planes [lo, hi) (the flattened leading dimensions); meta: int64 [oh, ow, then the
+        (plane, row) element strides of x, out (or m, g, gx)]; columns have unit stride.
+        out[p, i, j] = max of x[p, 2i:2i+2, 2j:2j+2], nan-propagating, cells taken in row
+        order like the reference's running maximum;
+        gx[p, 2i+a, 2j+b] = (x[p, 2i+a, 2j+b] == m[p, i, j]) * g[p, i, j]  (0 * inf = nan
+        as in the reference); cells in no window are left to the caller.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+from llvmlite import ir
+
+from . import jit
+from .softmax import _loop
+
+I64 = ir.IntType(64)
+PTR = ir.PointerType()
+
+
+def _max(b, acc, v):
+    """numpy.maximum: nan if either is nan, else the larger."""
+    r = b.select(b.fcmp_ordered(">", v, acc), v, acc)
+    return b.select(b.fcmp_unordered("uno", v, v), v, r)
+
+
+def _build(dtype: str, grad: bool) -> str:
+    et = ir.FloatType() if dtype == "float32" else ir.DoubleType()
+    n_arr = 4 if grad else 2
+    mod = ir.Module()
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [I64, I64, PTR] + [PTR] * n_arr),
+                     name=jit.PLACEHOLDER)
+    lo, hi, meta = fn.args[:3]
+    arrays = fn.args[3:]
+    for a in arrays:
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    vals = [b.load(b.gep(meta, [ir.Constant(I64, k)], source_etype=I64), typ=I64)
+            for k in range(2 + 2 * n_arr)]
+    oh, ow = vals[:2]
+    strides = [(vals[2 + 2 * a], vals[3 + 2 * a]) for a in range(n_arr)]
+    zero, one, two = (ir.Constant(I64, v) for v in (0, 1, 2))
+
+    def at(a, p, row, col):
+        sp, sr = strides[a]
+        off = b.add(b.add(b.mul(p, sp), b.mul(row, sr)), col)
+        return b.gep(arrays[a], [off], source_etype=et)
+
+    def plane(p):
+        def out_row(i):
+            r0 = b.mul(i, two)
+            r1 = b.add(r0, one)
+
+            def out_col(j):
+                c0 = b.mul(j, two)
+                c1 = b.add(c0, one)
+                cells = [at(0, p, r, c) for r in (r0, r1) for c in (c0, c1)]
+                xs = [b.load(q, typ=et) for q in cells]
+                if not grad:
+                    acc = xs[0]
+                    for v in xs[1:]:
+                        acc = _max(b, acc, v)
+                    b.store(acc, at(1, p, i, j))
+                    return []
+                m = b.load(at(1, p, i, j), typ=et)
+                g = b.load(at(2, p, i, j), typ=et)
+                for (r, c), v in zip([(r, c) for r in (r0, r1) for c in (c0, c1)], xs):
+                    hit = b.uitofp(b.fcmp_ordered("==", v, m), et)
+                    b.store(b.fmul(hit, g), at(3, p, r, c))
+                return []
+            _loop(b, zero, ow, 1, out_col)
+            return []
+        _loop(b, zero, oh, 1, out_row)
+        return []
+
+    _loop(b, lo, hi, 1, plane)
+    b.ret_void()
+    return str(mod)
+
+
+_SOURCE_HASH = None
+
+
+def load_maxpool2x2(dtype: str, grad: bool = False) -> int:
+    """Address of maxpool2x2 (or its gradient) for float32 or float64."""
+    global _SOURCE_HASH
+    if _SOURCE_HASH is None:
+        h = hashlib.sha256()
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in ("maxpool.py", "softmax.py"):        # _loop comes from softmax.py
+            with open(os.path.join(here, name), "rb") as f:
+                h.update(f.read())
+        _SOURCE_HASH = h.hexdigest()
+    key = jit.cache_key("maxpool2x2", dtype, str(grad), _SOURCE_HASH)
+    return jit.load_function(key, lambda: _build(dtype, grad),
+                             title=f"maxpool2x2 {dtype} grad={grad}")
