@@ -9,6 +9,11 @@ per piece.  These rules turn the sum back into what it is, a concatenation::
     inc(inc(zeros, a, [0:n]), b, [n:])                   -> join(0, a, b)
     inc(zeros, y, idx covering everything)               -> y (broadcast to the shape)
     join(a, b)[:, :na]                                   -> a
+    inc(zeros, a, i) + inc(zeros, b, i)  (same index)    -> inc(zeros, a + b, i)
+    inc(zeros_like(x), inc(zeros_like(x[s:]), y, k), [s:])  -> inc(zeros_like(x), y, s + k)
+
+(The last two are the gradient of ``h[-1] * h[-1]`` with ``h = x[1:]``, a scan's output: one
+row set in a zero buffer instead of two zero buffers, a sum and two copies.)
 
 Only static slices on one axis are understood: ``start``/``stop`` non-negative ints or
 None, step None or 1, every other axis taken whole.  Such slices stay disjoint, and a run
@@ -188,8 +193,69 @@ def _slice_of_join(fgraph, node, b):  # join(a, b)[:, :na] -> a
     return None
 
 
+def _same_index(n1, n2) -> bool:
+    return n1.op == n2.op and len(n1.inputs) == len(n2.inputs) and \
+        all(a is b for a, b in zip(n1.inputs[2:], n2.inputs[2:]))
+
+
+def _add_same_inc(fgraph, node, b):  # inc(zeros, a, i) + inc(zeros, b, i) -> inc(zeros, a+b, i)
+    if len(node.inputs) != 2:
+        return None
+    x, y = node.inputs
+    nx, ny = x.owner, y.owner
+    if nx is None or ny is None or not isinstance(nx.op, IncSubtensor) or \
+            nx.op.set_instead_of_inc or not _same_index(nx, ny):
+        return None
+    zx, zy = nx.inputs[0], ny.inputs[0]
+    if not (is_zeros(zx) and is_zeros(zy)) or zx.type != zy.type or \
+            x.type != node.outputs[0].type or y.type != x.type:
+        return None
+    total = in_dtype_of(node, nx.inputs[1]) + in_dtype_of(node, ny.inputs[1])
+    return fit(node.outputs[0], nx.op(zx, total, *nx.inputs[2:]))
+
+
+def _zeros_like_of(v):
+    """x for ``v = zeros_like(x)`` (second(x, 0)), else None."""
+    n = v.owner
+    if n is not None and type(n.op) is Elemwise and n.op.scalar_op.name == "second" and \
+            const_value(n.inputs[1]) == 0:
+        return n.inputs[0]
+    return None
+
+
+def _inc_of_inc_zeros(fgraph, node, b):  # inc(0(x), inc(0(x[s:]), y, k), [s:]) -> inc(0(x), y, s+k)
+    outer = node.op
+    inner_v = node.inputs[1]
+    inner = inner_v.owner
+    if outer.set_instead_of_inc or len(node.inputs) != 2 or inner is None or \
+            not isinstance(inner.op, IncSubtensor) or inner.op.set_instead_of_inc or \
+            len(inner.inputs) != 2 or not _single_client(fgraph, inner_v):
+        return None
+    t_out, t_in = outer.template, inner.op.template
+    if not t_out or tuple(t_out[0][2:]) != (None, None) or t_out[0][0] != "slice" or \
+            any(tuple(e) != FULL for e in t_out[1:]) or not t_in or t_in[0][0] != "int" or \
+            any(tuple(e) != FULL for e in t_in[1:]):
+        return None
+    start, k = t_out[0][1] or 0, t_in[0][1]
+    if not isinstance(start, int) or start < 0 or not isinstance(k, int):
+        return None
+    x = _zeros_like_of(node.inputs[0])
+    part = _zeros_like_of(inner.inputs[0])
+    if x is None or part is None or part.owner is None or \
+            not isinstance(part.owner.op, Subtensor) or part.owner.inputs[0] is not x or \
+            tuple(part.owner.op.template) != tuple(t_out):
+        return None
+    # row k of x[s:] is row s + k of x (k < 0 counts from the end of both; x[s:] shorter
+    # than -k, where the original raises, is a program whose x[s:][k] raised already)
+    template = (("int", k if k < 0 else start + k),) + tuple(t_in[1:])
+    y = in_dtype_of(node, inner.inputs[1])
+    return fit(node.outputs[0], IncSubtensor(template, False)(node.inputs[0], y))
+
+
 RULES = RuleSet([
     Rule("add_inc_zeros", P("add"), _add_incs),                   # inc(0,a,i)+inc(0,b,j) -> inc(inc(0,a,i),b,j) | join
     Rule("inc_zeros_cover", P(IncSubtensor), _inc_chain),         # inc(inc(0,a,[:n]),b,[n:]) -> join(a, b)
     Rule("slice_of_join", P(Subtensor, P(tb.Join)), _slice_of_join),  # join(a, b)[:na] -> a
+    Rule("add_same_inc", P("add"), _add_same_inc),                # inc(0,a,i)+inc(0,b,i)
+    Rule("inc_of_inc_zeros", P(IncSubtensor), _inc_of_inc_zeros),  # inc(0(x),inc(0(x[s:]),y,k),s:)
 ])

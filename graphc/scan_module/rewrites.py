@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from graphc.graph.basic import ancestors, io_toposort
 from graphc.scan_module.op import Scan, make_scan
-from graphc.scan_module.utils import substitute
+from graphc.scan_module.utils import is_zero, substitute
 from graphc.tensor.basic import join, patternbroadcast
 from graphc.tensor.elemwise import CAReduce, DimShuffle, Elemwise
 from graphc.tensor.math import Dot, dot
@@ -310,7 +310,9 @@ def _pushout_accumulators(fgraph, node) -> bool:
     pairs += [(old_fin[i], outs[n_st + p]) for p, i in enumerate(keep)]
     pairs += list(zip(old_nit, outs[n_st + n_keep:n_st + n_keep + info.n_nit]))
     for i, (factors, build) in pushed.items():
-        total = o_finits[i] + build(*[stacked[f] for f in factors])
+        total = build(*[stacked[f] for f in factors])
+        if not is_zero(o_finits[i]):    # a gradient's accumulator starts at zeros
+            total = o_finits[i] + total
         fitted = _fit(old_fin[i], total)
         if fitted is None:
             return False            # nothing replaced yet: the graph is unchanged

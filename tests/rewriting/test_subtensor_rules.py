@@ -137,3 +137,23 @@ def test_a_buffer_read_elsewhere_is_not_rebuilt():
     f, g = both([z, a, b], outs)
     assert count(f, Join) == 0 and count(f, IncSubtensor) == 2
     assert_same(f, g, RNG.random((3, 5)), RNG.random((3, 2)), RNG.random((3, 3)))
+
+
+def test_updates_at_the_same_index_add_their_values():
+    z, a, b = T.dmatrix("z"), T.dvector("a"), T.dvector("b")
+    zz = T.zeros_like(z)
+    y = T.inc_subtensor(zz[-1], a) + T.inc_subtensor(zz[-1], b)
+    f, g = both([z, a, b], y)
+    assert count(f, IncSubtensor) == 1 and adds(f) == 1
+    assert_same(f, g, RNG.random((3, 4)), RNG.random(4), RNG.random(4))
+
+
+def test_update_of_a_tail_slice_by_an_update_of_its_row_is_one_update():
+    # the gradient of (h[-1] ** 2).sum() for h = x[1:] (a scan's states after the initial)
+    x = T.dmatrix("x")
+    h = x[1:]
+    for cost in [(h[-1] * h[-1]).sum(), (h[2] * 3).sum()]:
+        f, g = both([x], theano.grad(cost, x))
+        assert count(f, IncSubtensor) == 1, theano.pp(cost)
+        for rows in (4, 6):
+            assert_same(f, g, RNG.random((rows, 3)))
