@@ -22,3 +22,8 @@ from graphc.scan_module import scan, until  # noqa: F401
 from graphc.scan_module import foldl, foldr, map, reduce  # noqa: F401,A004
 
 dot = tensor.dot
+
+# the rewrite pipeline and the default backend load now, not inside the first compile
+from graphc.compile.function import preload as _preload  # noqa: E402
+_preload()
+del _preload

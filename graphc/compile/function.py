@@ -7,6 +7,8 @@ then applies every update at once, so a call that raises changes no shared varia
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import warnings
 from collections import OrderedDict
 from typing import List, Sequence
@@ -16,7 +18,8 @@ import numpy as np
 from graphc.compile.mode import get_mode, resolve_linker
 from graphc.compile.sharedvalue import SharedVariable
 from graphc.configdefaults import config
-from graphc.graph.basic import Constant, Variable, ancestors, clone_replace
+from graphc.graph.basic import (Constant, Variable, ancestors, clone_replace, fixed_trace,
+                                user_trace)
 from graphc.graph.fg import FunctionGraph
 
 
@@ -172,6 +175,30 @@ def function(inputs=None, outputs=None, mode=None, updates=None, givens=None,
     replace = dict(giv)
     for v in in_vars:
         replace.setdefault(v, v)
+    with fixed_trace(user_trace()), _gc_paused():
+        return _compile(ins, in_vars, outs, upd, replace, single, mode, name, on_unused_input,
+                        allow_input_downcast, profile)
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """The cyclic garbage collector off while a function compiles: cloning, rewriting and
+    linking allocate many small objects and free few, so its collections would scan the
+    growing young generation again and again (5-80 ms per warm-cache compile measured on
+    the benchmark graphs) to find almost nothing; what the compile leaves behind is
+    collected later as usual."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _compile(ins, in_vars, outs, upd, replace, single, mode, name, on_unused_input,
+             allow_input_downcast, profile):
+    """function()'s compile proper: clone, check the roots, rewrite, link."""
     cloned = clone_replace(outs + [v for _, v in upd], replace=replace)
 
     # every root must be an explicit input, a shared variable or a constant
@@ -211,6 +238,26 @@ def function(inputs=None, outputs=None, mode=None, updates=None, givens=None,
     linker_name = resolve_linker(mode_obj)
     return Function(fgraph, ins, shared_inputs, n_out, [v for v, _ in upd], single,
                     name, allow_input_downcast, linker_name, profile or config.profile, mode_obj)
+
+
+def preload() -> None:
+    """Import what the first ``function()`` call of a process would otherwise import inside
+    its own compile: the rewrite pipeline, the scan rewrites and the default CPU backend
+    with its native step makers (~45 ms of module loading, more than the rest of a small
+    graph's warm-cache compile). ``import graphc`` calls this once, after its own imports."""
+    import graphc.rewriting.pipeline  # noqa: F401
+    import graphc.scan_module.rewrites  # noqa: F401
+    import graphc.scan_module.store  # noqa: F401
+    import graphc.scan_module.grad  # noqa: F401
+    if config.device in ("gpu", "cuda") or config.linker not in ("auto", "llvm"):
+        return
+    try:
+        import graphc.link.llvm  # noqa: F401
+        import graphc.backend.llvm.softmax  # noqa: F401
+        import graphc.backend.llvm.col2im  # noqa: F401
+        import graphc.backend.llvm.maxpool  # noqa: F401
+    except ImportError:         # no llvmlite: resolve_linker falls back to the Python linker
+        pass
 
 
 def _get_linker(name):

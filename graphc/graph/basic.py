@@ -16,9 +16,11 @@ raised while running or checking a node can point at the user's code.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
+import threading
 from typing import Dict, Iterable, List, Optional, Sequence
 
 _GRAPHC_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,8 +43,14 @@ def _outside_graphc(fn: str) -> bool:
     return r
 
 
+_fixed = threading.local()
+
+
 def user_trace(limit: int = 1):
     """The innermost stack frames outside graphc's own package (the user's line)."""
+    fixed = getattr(_fixed, "trace", None)
+    if fixed is not None and limit == 1:
+        return fixed
     frames = []
     f = sys._getframe(1)
     while f is not None and len(frames) < limit:
@@ -51,6 +59,21 @@ def user_trace(limit: int = 1):
             frames.append((fn, f.f_lineno, f.f_code.co_name))
         f = f.f_back
     return frames
+
+
+@contextlib.contextmanager
+def fixed_trace(trace):
+    """Nodes created in this block (by this thread) record ``trace`` without walking the
+    stack. Compilation uses it: every frame it runs is graphc's, below the user's call to
+    ``function()``, so the walk would find that same line for each of the thousands of
+    nodes the rewrites and clones create (and most of them get their trace overwritten
+    with the trace of the node they replace anyway)."""
+    prev = getattr(_fixed, "trace", None)
+    _fixed.trace = trace
+    try:
+        yield
+    finally:
+        _fixed.trace = prev
 
 
 def format_trace(trace) -> str:
@@ -162,7 +185,8 @@ class Apply:
 
     __slots__ = ("op", "inputs", "outputs", "tag")
 
-    def __init__(self, op, inputs: Sequence[Variable], outputs: Sequence[Variable]):
+    def __init__(self, op, inputs: Sequence[Variable], outputs: Sequence[Variable],
+                 trace=None):
         self.op = op
         self.inputs = list(inputs)
         self.outputs = list(outputs)
@@ -172,7 +196,8 @@ class Apply:
                 raise ValueError(f"output {out} of {op} already has an owner")
             out.owner = self
             out.index = i
-        self.tag.trace = user_trace()
+        # ``trace``: the user's line, when the caller knows it (a clone keeps its original's)
+        self.tag.trace = user_trace() if trace is None else trace
 
     @property
     def out(self):
@@ -194,9 +219,7 @@ class Apply:
             node = self.op.make_node(*inputs)
         else:
             outs = [o.clone() for o in self.outputs]
-            for o in outs:
-                o.owner = None
-            node = Apply(self.op, inputs, outs)
+            node = Apply(self.op, inputs, outs, getattr(self.tag, "trace", []))
         node.tag.trace = getattr(self.tag, "trace", [])
         return node
 
@@ -325,6 +348,29 @@ def variables_between(inputs, outputs) -> List[Variable]:
     return list(dict.fromkeys(seen))
 
 
+def stands_in(old: Variable, new: Variable) -> bool:
+    """Can ``new`` replace ``old`` as an input without changing what make_node would build
+    on it? True for old itself and for another graph input of the same class and type (a
+    root variable carries nothing else a make_node could read; a constant carries data)."""
+    return new is old or (new.owner is None and old.owner is None and
+                          type(new) is type(old) and not isinstance(old, Constant) and
+                          new.type == old.type)
+
+
+def rebuild(node: Apply, new_inputs, exact: set) -> Apply:
+    """``node`` applied to ``new_inputs``. ``exact``: the variables known to stand for
+    their originals unchanged (see stands_in); when every new input is one, the node is
+    copied as it is (its outputs join ``exact``), else make_node runs again on the new
+    inputs, which may infer other output types from them. Copying skips make_node's type
+    inference, the bulk of cloning a large graph."""
+    if all(a in exact for a in new_inputs):
+        new = Apply(node.op, new_inputs, [o.clone() for o in node.outputs],
+                    getattr(node.tag, "trace", []))
+        exact.update(new.outputs)
+        return new
+    return node.clone_with_new_inputs(new_inputs, strict=False)
+
+
 def clone_replace(outputs: Sequence[Variable], replace: Optional[dict] = None,
                   copy_inputs: bool = False) -> List[Variable]:
     """Clone the graph of ``outputs``, substituting ``replace`` (old var -> new var).
@@ -336,16 +382,13 @@ def clone_replace(outputs: Sequence[Variable], replace: Optional[dict] = None,
     for old, new in (replace or {}).items():
         memo[old] = new
     blockers = list(memo)
+    exact = {new for old, new in memo.items() if stands_in(old, new)}
     for node in io_toposort(blockers, outputs):
         for v in node.inputs:
             if v not in memo:
                 memo[v] = v.clone() if (copy_inputs and not isinstance(v, Constant)) else v
-        new_inputs = [memo[v] for v in node.inputs]
-        if all(a is b for a, b in zip(new_inputs, node.inputs)):
-            new_node = Apply(node.op, new_inputs, [o.clone() for o in node.outputs])
-            new_node.tag.trace = getattr(node.tag, "trace", [])
-        else:
-            new_node = node.clone_with_new_inputs(new_inputs, strict=False)
+                exact.add(memo[v])
+        new_node = rebuild(node, [memo[v] for v in node.inputs], exact)
         for old, new in zip(node.outputs, new_node.outputs):
             if new.name is None:
                 new.name = old.name
@@ -361,13 +404,16 @@ def clone_replace(outputs: Sequence[Variable], replace: Optional[dict] = None,
 def clone_get_equiv(outputs, replace=None):
     """Like clone_replace but also return the memo (old -> new) of every variable."""
     memo: Dict[Variable, Variable] = dict(replace or {})
+    exact = {new for old, new in memo.items() if stands_in(old, new)}
     for node in io_toposort(list(memo), outputs):
-        ins = [memo.get(v, v) for v in node.inputs]
-        new_node = node.clone_with_new_inputs(ins, strict=False) if any(
-            a is not b for a, b in zip(ins, node.inputs)) else None
-        if new_node is None:
-            new_node = Apply(node.op, ins, [o.clone() for o in node.outputs])
-            new_node.tag.trace = getattr(node.tag, "trace", [])
+        ins = []
+        for v in node.inputs:
+            nv = memo.get(v)
+            if nv is None:              # outside the replaced part: shared as it is
+                nv = v
+                exact.add(v)
+            ins.append(nv)
+        new_node = rebuild(node, ins, exact)
         for old, new in zip(node.outputs, new_node.outputs):
             if new.name is None:
                 new.name = old.name

@@ -19,12 +19,14 @@ from typing import Callable, Dict, List
 import numpy as np
 
 from graphc.backend.kernel_spec import DTYPES
-from graphc.backend.llvm.blas import gemm_into
+from graphc.backend.llvm.blas import gemm_into, step_loops
 from graphc.configdefaults import config
 from graphc.link.py import make_storage, node_error
+from graphc.tensor.basic import Join
 from graphc.tensor.blas import Gemm, _check_z
 from graphc.tensor.elemwise import describe_values, shape_error
 from graphc.tensor.fused import Fused
+from graphc.tensor.subtensor import Subtensor, build_numpy_index
 
 
 def _aliased_inputs(node, k) -> list:
@@ -271,7 +273,10 @@ def _gemm_step(node, ins, outs, reuse) -> Callable:
             c = bufs.get(0, shape, dtype)
             if has_z:
                 _check_z(op, node, ins[3][0], shape)
-            if alpha == 1.0 or alpha == 0.0 or not gemm_into(a, b, alpha, 0.0, c):
+            # np.dot(out=) when it is the same product; in a scan's step loop gemm_into,
+            # which runs small products on one BLAS thread (blas.in_step_loop)
+            if alpha == 0.0 or alpha == 1.0 and not step_loops[0] or \
+                    not gemm_into(a, b, alpha, 0.0, c):
                 np.dot(a, b, out=c)
                 if alpha != 1.0:
                     c *= alpha
@@ -299,11 +304,110 @@ def _gemm_step(node, ins, outs, reuse) -> Callable:
     return step
 
 
+def _subtensor_step(node, ins, outs, reuse) -> Callable:
+    """A Subtensor with constant indices (an LSTM step's gate columns ``z[:, 256:512]``):
+    the index tuple is built once, so a step is one numpy view. Bad indices go through
+    ``perform``, which raises the op's error."""
+    op = node.op
+    if len(node.inputs) != 1:
+        return None
+    idx = build_numpy_index(op.template, [])
+    cell, out, perform = ins[0], outs[0], op.perform
+
+    def step():
+        x = cell[0]
+        try:
+            v = x[idx]
+        except (IndexError, ValueError, TypeError):
+            perform(node, [x], outs)
+            return
+        out[0] = v if v.__class__ is np.ndarray else np.asarray(v)
+    return step
+
+
 # op type -> maker(node, input cells, output cells, reuse) -> step, or None to decline
 STEP_MAKERS: Dict[type, Callable] = {
     Fused: _fused_step,
     Gemm: _gemm_step,
+    Subtensor: _subtensor_step,
 }
+
+
+def _joins_of_fused(fgraph, order) -> dict:
+    """Join nodes whose inputs are distinct outputs of one Fused node that nothing else reads
+    (an LSTM's four gate gradients): join node -> that Fused node."""
+    found = {}
+    outputs = set(fgraph.outputs)
+    for node in order:
+        if not isinstance(node.op, Join) or len(node.inputs) < 2:
+            continue
+        owner = node.inputs[0].owner
+        if owner is None or not isinstance(owner.op, Fused) or \
+                len(set(node.inputs)) != len(node.inputs):
+            continue
+        if all(v.owner is owner and v not in outputs and v.dtype == node.outputs[0].dtype
+               and all(c is node for c, _ in fgraph.clients.get(v, ())) for v in node.inputs):
+            found[node] = owner
+    return found
+
+
+class _JoinInto:
+    """A Join of outputs of one fused kernel, written by the kernel straight into the join's
+    output: ``lend`` (a step run just before the kernel's) puts views of the output's blocks
+    into the kernel's destination cells, and the join step finds its inputs are those views
+    and copies nothing.  Block sizes come from the previous call (the first call, or changed
+    shapes, take numpy's concatenate).  The join's output array is the one lent to it (a
+    scan's per-step buffer row), else a kept buffer, else (it escapes) a new array."""
+
+    def __init__(self, node, ins, outs, reuse, cells, dest):
+        self.node, self.ins, self.out = node, ins, outs[0]
+        self.cells = cells                  # the kernel's destination cells, one per input
+        self.dest = dest or [None]          # the join's own destination cell
+        self.axis = node.op.axis % node.outputs[0].ndim
+        self.dtype = node.outputs[0].type.numpy_dtype
+        self.bufs = _Buffers(1, reuse)
+        self.shape = None                   # output shape of the previous call
+        self.blocks = None                  # per input, its index into the output
+        self.target = None
+        self.views = None
+
+    def lend(self):
+        if self.shape is None:
+            return
+        a = self.dest[0]
+        if a is None or a.shape != self.shape or a.dtype != self.dtype:
+            a = self.bufs.get(0, self.shape, self.dtype)
+        self.target = a
+        self.views = [a[b] for b in self.blocks]
+        for c, v in zip(self.cells, self.views):
+            c[0] = v
+
+    def step(self):
+        vals = [c[0] for c in self.ins]
+        target, views = self.target, self.views
+        self.target = self.views = None
+        for c in self.cells:                # a view the kernel did not take
+            c[0] = None
+        d = self.dest[0]
+        self.dest[0] = None
+        if views is not None and all(v is w for v, w in zip(vals, views)):
+            self.out[0] = target
+            return
+        try:
+            res = np.concatenate(vals, axis=self.axis)
+        except ValueError as e:
+            raise shape_error(self.node.op, describe_values(vals), str(e),
+                              getattr(self.node.tag, "trace", [])) from None
+        if d is not None and d.shape == res.shape and d.dtype == res.dtype:
+            d[...] = res
+            res = d
+        self.out[0] = res
+        self.shape = res.shape
+        start, self.blocks = 0, []
+        for v in vals:
+            n = v.shape[self.axis]
+            self.blocks.append((slice(None),) * self.axis + (slice(start, start + n),))
+            start += n
 
 
 class _PerformStep:
@@ -329,8 +433,18 @@ class LLVMLinker:
         storage = make_storage(fgraph, order)
         escaping = _escaping(fgraph)
         # destination cells of the outputs made by native fused kernels (see _fused_step)
-        dests = {o: [None] for o in fgraph.outputs if o.owner is not None
-                 and isinstance(o.owner.op, Fused) and o not in fgraph.inputs}
+        joins = _joins_of_fused(fgraph, order)
+        dests = {o: [None] for o in fgraph.outputs if o.owner is not None and o not in
+                 fgraph.inputs and (isinstance(o.owner.op, Fused) or o.owner in joins)}
+        into = {}                           # fused node -> its _JoinInto objects
+        for node, fused in joins.items():
+            for v in node.inputs:
+                dests.setdefault(v, [None])
+            j = _JoinInto(node, [storage[i] for i in node.inputs], [storage[node.outputs[0]]],
+                          node.outputs[0] not in escaping, [dests[v] for v in node.inputs],
+                          dests.get(node.outputs[0]))
+            into.setdefault(fused, []).append(j)
+            joins[node] = j
         lent = set()
         steps: List = []
         for node in order:
@@ -338,6 +452,13 @@ class LLVMLinker:
             outs = [storage[o] for o in node.outputs]
             reuse = not any(o in escaping for o in node.outputs)
             step = None
+            if node in joins:
+                steps.append((joins[node].step, node, ins))
+                if node.outputs[0] in dests:
+                    lent.add(node.outputs[0])
+                continue
+            for j in into.get(node, ()):
+                steps.append((j.lend, node, ins))
             maker = STEP_MAKERS.get(type(node.op))
             if maker is not None:
                 try:

@@ -5,9 +5,9 @@ cells, reuse) -> zero-argument step, or None to leave the node to its numpy ``pe
 A step runs the same checks as ``perform`` (same errors, same messages) and then:
 
 - SoftmaxCrossentropy: float32 runs the row kernel of graphc/backend/llvm/softmax.py (max,
-  exp, sum and scale of a row while it is in cache; row blocks on threads); float64 four
-  KernelSpec kernels (row max; e = exp(z - max); row sum of e; e / sum).  The per-row nll
-  comes from the n row maxima and sums in numpy.
+  exp, sum and scale of a row while it is in cache, and the row's nll; row blocks on
+  threads); float64 four KernelSpec kernels (row max; e = exp(z - max); row sum of e;
+  e / sum), the per-row nll from the n row maxima and sums in numpy.
 - SoftmaxCrossentropyGrad: dnll * sm into a kept buffer (numpy), then the n label entries.
 - Conv2d / Conv2dGradInputs / Conv2dGradWeights: the numpy im2col + BLAS code of
   graphc.tensor.nnet.conv with its scratch arrays and result kept across calls (fresh
@@ -151,7 +151,6 @@ def _xent_rows_step(node, ins, outs, reuse):
     fn = _SOFTMAX_PROTO(load_softmax_rows(op.has_bias))
     f32 = np.dtype(np.float32)
     bufs = _Buffers(2, reuse)
-    scratch = _Buffers(2, True)           # row maxima and sums (never escape)
 
     def step():
         vals = [c[0] for c in ins]
@@ -163,12 +162,12 @@ def _xent_rows_step(node, ins, outs, reuse):
         n, k = x.shape
         xc = _unit_columns(x)
         b = np.ascontiguousarray(vals[1], f32) if op.has_bias else None
-        m, total = scratch.get(0, (n,), f32), scratch.get(1, (n,), f32)
-        sm = bufs.get(1, (n, k), f32)
+        labels = np.ascontiguousarray(vals[-1], np.int64)     # (checked: in [-k, k))
+        nll, sm = bufs.get(0, (n,), f32), bufs.get(1, (n, k), f32)
         _run_rows(fn, n, k, xc.ctypes.data, xc.strides[0] // 4,
                   None if b is None else b.ctypes.data, sm.ctypes.data, k,
-                  m.ctypes.data, total.ctypes.data)
-        outs[0][0], outs[1][0] = _nll(op, vals, m, total, bufs), sm
+                  labels.ctypes.data, nll.ctypes.data)
+        outs[0][0], outs[1][0] = nll, sm
     return step
 
 
@@ -213,7 +212,7 @@ def _conv_step(fn, out_shape):
             return None
         npdt = np.dtype(dt)
         bufs = _Buffers(1, reuse)
-        ws = {}
+        ws = {"copy": _split_copy, "split": _split_images}
         extra = {}
         if isinstance(op, Conv2dGradInputs):
             ws["col2im"] = _col2im_runner(dt)
@@ -229,6 +228,40 @@ def _conv_step(fn, out_shape):
         step.ws, step.cols_ws = ws, extra.get("cols_ws")     # for tests and debugging
         return step
     return make
+
+
+# elements from which a memory-bound pass (a conv's layout copy, 2x2 pooling) is split
+# across threads: each split costs a thread hand-off (~20-50 us on idle cores, a scheduler
+# time slice when the cores are busy), so only passes of a millisecond or more
+_COPY_PARALLEL_MIN = 1 << 20
+
+
+def _split_copy(dst, src):
+    """dst[...] = src (same shapes), cut along the first axis of extent > 1 into one slice
+    per kernel thread when large: the im2col and layout copies of a convolution are
+    memory-bound gathers that one core does not saturate (numpy releases the GIL)."""
+    if dst.size < _COPY_PARALLEL_MIN or dst.shape != src.shape:
+        np.copyto(dst, src, casting="unsafe")
+        return
+    axis = next((d for d, n in enumerate(dst.shape) if n > 1), 0)
+    lead = (slice(None),) * axis
+
+    def part(lo, hi):
+        cut = lead + (slice(lo, hi),)
+        np.copyto(dst[cut], src[cut], casting="unsafe")
+    _in_threads(part, dst.shape[axis])
+
+
+def _split_images(fn, n, size):
+    """fn(lo, hi) over images [0, n), in one block per kernel thread when the arrays it
+    touches have ``size`` >= _COPY_PARALLEL_MIN elements: the per-image products of a
+    batch-major convolution.  OpenBLAS gives a product one thread per 2^18
+    multiply-adds, so each image's (LeNet's first layer: 20 x 25 x 576) runs on one core,
+    and one call for the whole batch would use one core."""
+    if n > 1 and size >= _COPY_PARALLEL_MIN:
+        _in_threads(fn, n)
+    else:
+        fn(0, n)
 
 
 def _col2im_runner(dt):
@@ -357,6 +390,15 @@ def _pool2x2_fn(dt, grad):
     return proto(load_maxpool2x2(dt, grad))
 
 
+def _run_planes(fn, planes, size, *args):
+    """fn(lo, hi, *args) over planes [0, planes), split across the kernel threads when the
+    input has ``size`` >= _COPY_PARALLEL_MIN elements (a memory-bound pass, like a copy)."""
+    if size >= _COPY_PARALLEL_MIN:
+        _in_threads(fn, planes, *args)
+    else:
+        fn(0, planes, *args)
+
+
 def _pool_step(node, ins, outs, reuse):
     op: Pool = node.op
     dt = node.outputs[0].dtype
@@ -406,7 +448,7 @@ def _pool2x2_step(node, ins, outs, reuse):
         out = bufs.get(0, x.shape[:-2] + (oh, ow), npdt)
         xp, op_ = _planes(x), out.reshape((-1, oh, ow))
         meta = _plane_meta(oh, ow, xp, op_)
-        fn(0, xp.shape[0], meta.ctypes.data, xp.ctypes.data, op_.ctypes.data)
+        _run_planes(fn, xp.shape[0], x.size, meta.ctypes.data, xp.ctypes.data, op_.ctypes.data)
         outs[0][0] = out
     return step
 
@@ -442,7 +484,8 @@ def _max_pool_grad_step(node, ins, outs, reuse):
         if pool2x2 is not None:
             planes = [_planes(x), _planes(maxout), _planes(gz), gx.reshape((-1,) + x.shape[-2:])]
             meta = _plane_meta(oh, ow, *planes)
-            pool2x2(0, planes[0].shape[0], meta.ctypes.data, *[a.ctypes.data for a in planes])
+            _run_planes(pool2x2, planes[0].shape[0], x.size, meta.ctypes.data,
+                        *[a.ctypes.data for a in planes])
         else:
             # nthreads=1: the kernel is memory-bound (a compare and a multiply per cell),
             # which the backend's cost model, counting ops, would put on threads

@@ -229,7 +229,18 @@ class RuleSet:
         self.any = tuple(self.any)
 
     def __add__(self, other):
-        return RuleSet(self.rules + other.rules)
+        # the pipeline adds the same rule sets on every compile (canonicalize's as the
+        # follow-up of each later pass): the sum is indexed once and kept
+        key = (id(self), id(other))
+        hit = _SUMS.get(key)
+        if hit is not None and hit[0] is self and hit[1] is other and \
+                hit[2] == (tuple(self.rules), tuple(other.rules)):
+            return hit[3]
+        total = RuleSet(self.rules + other.rules)
+        if len(_SUMS) >= 64:              # sums of ad-hoc rule sets: keep the cache small
+            _SUMS.clear()
+        _SUMS[key] = (self, other, (tuple(self.rules), tuple(other.rules)), total)
+        return total
 
     def for_node(self, node):
         found = self.index.get(node_key(node.op), ())
@@ -237,6 +248,9 @@ class RuleSet:
 
     def names(self):
         return [r.name for r in self.rules]
+
+
+_SUMS: Dict[tuple, tuple] = {}      # (id a, id b) -> (a, b, their rules, a + b)
 
 
 # --------------------------------------------------------------------------- the worklist

@@ -92,8 +92,11 @@ def _prune_scans(fgraph):
 def _store_scans(fgraph):
     """Backward loops read the forward loop's expensive step values instead of recomputing
     them (graphc.scan_module.store)."""
+    from graphc.scan_module.op import Scan
     from graphc.scan_module.rewrites import prune_scans
     from graphc.scan_module.store import store_for_backward
+    if not any(isinstance(n.op, Scan) for n in fgraph.apply_nodes):
+        return                          # nothing to do: skip the merge below too
     canonicalize.merge(fgraph)          # one node per hoisted product: F's and B's alike
     if store_for_backward(fgraph):
         prune_scans(fgraph)

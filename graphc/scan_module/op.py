@@ -234,8 +234,10 @@ class Scan(Op):
         loop = make_loop(info.n_seqs, info.state_taps, info.lags,
                          [t[0].ndim for t in self.split_inner_inputs()[1]], info.n_final,
                          info.n_nit, info.as_while, lend, lend_nit, lend_fin)
+        # small matrix products in the step run on one BLAS thread (see blas.in_step_loop)
+        from graphc.backend.llvm.blas import in_step_loop
         try:
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), in_step_loop():
                 n_done = loop(n, fn.run, *args)
         except Exception as e:
             raise self._step_error(node, e) from None

@@ -6,7 +6,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from graphc.graph.basic import Constant, Variable, ancestors, io_toposort
+from graphc.graph.basic import (Constant, Variable, ancestors, io_toposort, rebuild,
+                                stands_in)
 
 
 class until:
@@ -32,10 +33,12 @@ def substitute(outputs, replace: dict):
     only the nodes that depend on a replaced variable are rebuilt, so the rest of the graph
     (the outer graph a step reads) is shared, not copied."""
     memo = dict(replace)
+    exact = {new for old, new in replace.items() if stands_in(old, new)}
     for node in io_toposort(list(replace), outputs):
         ins = [memo.get(v, v) for v in node.inputs]
         if any(a is not b for a, b in zip(ins, node.inputs)):
-            new = node.clone_with_new_inputs(ins, strict=False)
+            exact.update(v for v in node.inputs if v not in memo)
+            new = rebuild(node, ins, exact)
             for old, nv in zip(node.outputs, new.outputs):
                 if nv.name is None:
                     nv.name = old.name

@@ -94,6 +94,11 @@ def shape_i(x, i):
     x = as_tensor_variable(x)
     if x.type.shape[i] is not None:
         return constant(np.int64(x.type.shape[i]))
+    if isinstance(i, (int, np.integer)):
+        # what ``_shape(x)[i]`` builds, without parsing the index: the shape rewrites ask
+        # for every dimension of every input of a node whose shape they infer
+        from graphc.tensor.subtensor import Subtensor
+        return Subtensor((("int", int(i)),))(_shape(x))
     return _shape(x)[i]
 
 

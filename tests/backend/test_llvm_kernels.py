@@ -365,6 +365,31 @@ def test_map_loops_are_parallel_and_heavy_ones_interleaved():
     assert "parallel_accesses" not in build_ir(red, Variant("reduce", 1, 0, ("1", "0"), False))
 
 
+def test_heavy_map_kernels_get_no_vector_epilogue(capfd):
+    """Heavy float32 math compiles its elementwise loop without LLVM's vector epilogue (a
+    third copy of a long body, codegen.vector_epilogue); other kernels keep it. Results are
+    right on every remainder length either way."""
+    from graphc.backend.llvm.codegen import Variant, vector_epilogue
+    f = "float32"
+    heavy = KernelSpec((f,), (("tanh", (("in", 0),), f),), (("eq", 0),))
+    light = KernelSpec((f, f), (("add", (("in", 0), ("in", 1)), f),), (("eq", 0),))
+    red = KernelSpec((f,), (("exp", (("in", 0),), f),), (("eq", 0),), reduce=("add", (0,)))
+    assert not vector_epilogue(heavy, Variant("map", 1, 0, ("1", "1"), True))
+    assert vector_epilogue(light, Variant("map", 1, 0, ("1", "1", "1"), True))
+    assert vector_epilogue(red, Variant("reduce", 1, 0, ("1", "0"), True))
+    x = np.linspace(-4, 4, 100, dtype=np.float32)
+    for spec, args, want in [(heavy, [x], np.tanh(x)), (light, [x, x], x + x)]:
+        capfd.readouterr()
+        k = gl.Kernel(spec, debug=True)
+        for n in range(1, 100, 7):
+            out = np.empty(n, np.float32)
+            k([a[:n] for a in args], [out])
+            np.testing.assert_allclose(out, want[:n], rtol=2e-6, atol=1e-7)
+        optimized = capfd.readouterr().err.split("optimized IR")[1].split("graphc assembly")[0]
+        # the main loop works on <8 x float> (AVX2) or wider; an epilogue on narrower vectors
+        assert ("<4 x float>" in optimized) == (spec is light) or "<8 x float>" not in optimized
+
+
 def _float32_sweep():
     """Every 97th float32 in [0, 208] with both signs, plus the special values."""
     x = np.arange(0, 0x43500000, 97, dtype=np.uint32).view(np.float32)
@@ -741,6 +766,53 @@ def test_debug_prints_ir_and_assembly(capfd):
     err = capfd.readouterr().err
     assert "define void" in err and "graphc assembly" in err and "vmulps" in err
     assert out.tolist() == [0, 1, 4, 9]
+
+
+_PREFETCH_CHILD = """
+import json, threading, numpy as np
+from graphc.backend.kernel_spec import KernelSpec
+from graphc.backend import llvm as gl
+from graphc.backend.llvm import jit, pycall
+started, compiled = [], []
+real_thread, real_load = threading.Thread, jit.load_function
+def thread(*args, **kw):
+    started.append(kw.get("name"))
+    return real_thread(*args, **kw)
+def load(key, make_ir, *args, **kw):
+    compiled.append([key, kw.get("optimize", True)])
+    return real_load(key, make_ir, *args, **kw)
+pycall.threading.Thread, jit.load_function = thread, load
+spec = KernelSpec(("float64",), (("mul", (("in", 0), ("const", 2.5, "float64")), "float64"),),
+                  (("eq", 0),))
+x, out = np.arange(5.0), np.empty(5)
+k = gl.Kernel(spec)
+k([x], [out])
+(plan,) = k._plans.values()
+k([np.arange(7.0)], [np.empty(7)])          # another small plan: no second thread
+print(json.dumps({"ok": out.tolist() == (x * 2.5).tolist(), "started": started,
+                  "native": plan.native is not None and plan.native(x, out) is out,
+                  "compiled": compiled, "available": pycall.AVAILABLE and gl.kernel.PYOBJ,
+                  "key": jit.cache_key("pycall-trampoline", jit.NOOPT_FLAGS,
+                                       pycall._trampoline_ir())}))
+"""
+
+
+def test_trampoline_is_prefetched_and_unoptimized(tmp_path):
+    """The first small plan of a process starts loading the call trampoline (pycall.py) on a
+    thread while its kernel compiles; the trampoline is compiled without the optimizer, under
+    a key that says so. (A fresh process: the trampoline is made once per process.)"""
+    env = dict(os.environ, GRAPHC_COMPILEDIR=str(tmp_path),
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _PREFETCH_CHILD], env=env, text=True,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["ok"]
+    if not r["available"]:
+        pytest.skip("no native call on this interpreter")
+    assert r["started"] == ["graphc-pycall"] and r["native"]
+    assert [r["key"], False] in r["compiled"]
+    assert sum(1 for key, optimize in r["compiled"] if not optimize) == 1
 
 
 def test_call_overhead():

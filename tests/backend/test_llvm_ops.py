@@ -130,6 +130,7 @@ POOLS = [  # (input shape, ws, ignore_border)
     ((1, 2, 6, 8, 4), (2, 4), True),       # 5-d input
     ((9, 40), (2, 2), True),               # 2-d input, 2x2: one plane
     ((4, 5, 24, 24), (2, 2), True),        # 2x2 rows long enough for the vector loop
+    ((16, 33, 50, 41), (2, 2), True),      # 2x2, large: plane blocks on threads
 ]
 
 
@@ -188,6 +189,7 @@ CONVS = [  # (input shape, filter shape, conv2d keyword arguments)
     ((2, 2, 9, 9), (3, 2, 3, 2), {"border_mode": (1, 2), "subsample": (2, 1)}),
     ((2, 4, 10, 10), (6, 2, 3, 3), {"num_groups": 2, "filter_dilation": (2, 1)}),
     ((1, 2, 6, 17), (2, 2, 2, 3), {"border_mode": ((1, 0), (0, 2)), "subsample": (1, 3)}),
+    ((2, 4, 6, 19), (6, 2, 3, 3), {"num_groups": 2, "border_mode": "half"}),  # groups, ow >= 16
 ]
 
 

@@ -221,6 +221,57 @@ def numpy_cblas_gemm(dtype):
     return found
 
 
+# --------------------------------------------------------------------------- threads in loops
+# A scan step's products are small (an LSTM's 32x256 @ 256x1024, 0.3 ms on one core). Inside
+# the step loop, numpy's OpenBLAS on two threads ran them no faster than on one (300-330 vs
+# ~290 us per product, development machine), and when another process holds the second core
+# its worker makes each product wait for a time slice (in-process A/B on the loaded machine:
+# median 2.6 s vs 0.66 s for the whole LSTM step).  So a product this small, run while a
+# scan loop is running, uses one BLAS thread; larger ones keep the configured count.
+# The count is process-wide: it is set to 1 around the one call and restored after it (a
+# product another Python thread starts meanwhile may run on one thread too).
+SMALL_PRODUCT = 1 << 24                  # m * n * k (multiply-adds)
+step_loops = [0]                         # scan loops running (see in_step_loop)
+_threads_fns: dict = {}
+
+
+def _numpy_blas_threads():
+    """(get, set) of numpy's OpenBLAS thread count, or None when not found."""
+    if "fns" in _threads_fns:
+        return _threads_fns["fns"]
+    found = None
+    for path in _numpy_blas_libs():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get_name, set_name in (("scipy_openblas_get_num_threads64_",
+                                    "scipy_openblas_set_num_threads64_"),
+                                   ("openblas_get_num_threads64_",
+                                    "openblas_set_num_threads64_"),
+                                   ("openblas_get_num_threads", "openblas_set_num_threads")):
+            get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get is not None and put is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                put.restype, put.argtypes = None, [ctypes.c_int]
+                found = (get, put)
+                break
+        if found is not None:
+            break
+    _threads_fns["fns"] = found
+    return found
+
+
+class in_step_loop:
+    """Context of a scan's step loop: small products run on one BLAS thread (see above)."""
+
+    def __enter__(self):
+        step_loops[0] += 1
+
+    def __exit__(self, *exc):
+        step_loops[0] -= 1
+
+
 def _row_major_view(x):
     """(transpose flag, leading dimension) for CBLAS row-major: x itself when its rows are
     contiguous, x.T of a row-major array when its columns are; None otherwise."""
@@ -252,6 +303,20 @@ def gemm_into(a, b, alpha, beta, c) -> bool:
             c.strides[0] % item or c.strides[0] // item < n and m > 1:
         return False
     ldc = max(1, n if m == 1 else c.strides[0] // item)
-    fn(_ROW_MAJOR, va[0], vb[0], m, n, k, alpha, a.ctypes.data, va[1], b.ctypes.data, vb[1],
-       beta, c.ctypes.data, ldc)
+    args = (_ROW_MAJOR, va[0], vb[0], m, n, k, alpha, a.ctypes.data, va[1], b.ctypes.data,
+            vb[1], beta, c.ctypes.data, ldc)
+    threads = _numpy_blas_threads() if step_loops[0] and m * n * k <= SMALL_PRODUCT else None
+    if threads is None:
+        fn(*args)
+        return True
+    get, put = threads
+    before = get()
+    if before <= 1:
+        fn(*args)
+        return True
+    put(1)
+    try:
+        fn(*args)
+    finally:
+        put(before)
     return True

@@ -28,7 +28,8 @@ overlap checks, and exact aliasing fails them into the scalar loop (4-5x slower)
 whose body is heavy float32 vector math (vmath.POLY_F32) are interleaved INTERLEAVE times: the
 out-of-order core then overlaps the long dependency chains of independent vectors (measured
 on tanh(a*x+b)*sigmoid(x)+exp(-x*x), one core: 2.01 ns/element, 1.57 interleaved by 2, 1.54
-by 4, whose compile took ~1.5x as long as by 2).
+by 4, whose compile took ~1.5x as long as by 2), and get no vector epilogue loop (see
+vector_epilogue: it only saves compile time there).
 
 The innermost reduced loop is blocked: each block of BLOCK elements is summed in a fresh
 accumulator (reassociation allowed, so the vectorizer keeps 8-lane x interleaved partial sums),
@@ -197,7 +198,7 @@ class _Builder:
         group = _DistinctMD(mod, [], self_ref=False)
         hints = [mod.add_metadata([ir.MetaDataString(mod, "llvm.loop.parallel_accesses"),
                                    group])]
-        if any(op in POLY_F32 and dt == "float32" for op, _, dt in self.spec.eqns):
+        if heavy_vector_math(self.spec):
             hints.append(mod.add_metadata([ir.MetaDataString(mod, "llvm.loop.interleave.count"),
                                            ir.Constant(I32, INTERLEAVE)]))
         return group, _DistinctMD(mod, hints, self_ref=True)
@@ -359,6 +360,22 @@ class _Builder:
         if kind in ops:
             return ops[kind](x, y)
         return self.m._minmax(kind, x, y, dt)
+
+
+def heavy_vector_math(spec) -> bool:
+    """Is the body heavy float32 vector math (vmath.POLY_F32)? Its elementwise loops are
+    interleaved and get no vector epilogue (see vector_epilogue)."""
+    return any(op in POLY_F32 and dt == "float32" for op, _, dt in spec.eqns)
+
+
+def vector_epilogue(spec, variant: Variant) -> bool:
+    """Should the loop vectorizer follow the main vector loop with a narrower vector loop for
+    the remainder (LLVM's epilogue vectorization) before the scalar one? Not for heavy
+    elementwise math: there it is a third copy of a long body (elemwise's kernel: 357 -> 265
+    optimized IR lines, ~15-20% less optimizer + code generator time) that only ever runs on
+    fewer than VF * INTERLEAVE elements per inner loop: such kernels run on long contiguous
+    loops. Short rows of other kernels keep it. jit.load_function applies the answer."""
+    return not (variant.mode == "map" and heavy_vector_math(spec))
 
 
 def check_renders(spec) -> None:

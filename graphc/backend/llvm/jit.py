@@ -9,6 +9,9 @@ Every kernel goes through the same path, whether or not it was compiled before:
         --miss--> build IR, parse, verify, optimize (O3 + loop vectorizer), emit object, store
                   the object, load it through MCJIT, link <key>.so at interpreter exit
 
+(Hand-written code that the optimizer would not improve, the call trampoline of pycall.py,
+skips the optimize step: ``load_function(optimize=False)``, with NOOPT_FLAGS in its key.)
+
 The key is computed from the *inputs* of code generation, not from the IR text, so a warm
 process never runs the (slow, pure Python) IR builder. To keep that sound, the key includes a
 hash of the source text of every module that decides what code a (spec, variant) becomes
@@ -53,7 +56,10 @@ llvm = None
 # Part of every cache key, with the hash of CODEGEN_SOURCES: names the pass pipeline, target
 # machine options and loading convention (already covered by jit.py's own source hash, but this
 # string says in words what a key promises).
-CODEGEN_FLAGS = "graphc-llvm;O3;loopvec;noslp;reloc=pic;codemodel=default;opts=rtcheck64"
+CODEGEN_FLAGS = ("graphc-llvm;O3;loopvec;noslp;epilogue=codegen.vector_epilogue;reloc=pic;"
+                 "codemodel=default;opts=rtcheck64")
+# What load_function(optimize=False) promises instead; callers add it to their key parts.
+NOOPT_FLAGS = "graphc-llvm;noopt;reloc=pic;codemodel=default"
 
 # Modules whose source text decides what machine code a (KernelSpec, Variant) becomes, relative
 # to this directory. Their hash is part of every key: edit one and every entry is rebuilt.
@@ -118,8 +124,13 @@ class _Target:
         self.engine = llvm.create_mcjit_compiler(empty, engine_tm)
         self.llvm_version = ".".join(map(str, llvm.llvm_version_info))
         self.objects = []                   # keep every loaded ObjectFileRef alive
+        self.epilogue = True                # LLVM's default of -enable-epilogue-vectorization
 
-    def optimize(self, mod):
+    def optimize(self, mod, epilogue=True):
+        # a process-wide LLVM option, set for each compile (every compile holds _lock)
+        if epilogue != self.epilogue:
+            llvm.set_option("", f"-enable-epilogue-vectorization={str(epilogue).lower()}")
+            self.epilogue = epilogue
         pto = llvm.create_pipeline_tuning_options(speed_level=3)
         pto.loop_vectorization = True
         # The SLP vectorizer stays off (llvmlite's default): on kernels already vectorized by
@@ -489,14 +500,16 @@ def _debug_enabled(debug) -> bool:
     return graphc_flag("debug", 0) >= 2
 
 
-def _compile(t: _Target, ir_text: str, debug: bool, title: str) -> bytes:
+def _compile(t: _Target, ir_text: str, debug: bool, title: str, optimize: bool,
+             epilogue: bool) -> bytes:
     mod = llvm.parse_assembly(ir_text)
     mod.triple = t.triple
     mod.data_layout = t.data_layout
     mod.verify()
     if debug:
         print(f"; ==== graphc LLVM IR ({title}) ====\n{ir_text}", file=sys.stderr)
-    t.optimize(mod)
+    if optimize:
+        t.optimize(mod, epilogue)
     if debug:
         print(f"; ==== graphc optimized IR ({title}) ====\n{mod}", file=sys.stderr)
         print(f"# ==== graphc assembly ({title}) ====\n{t.tm.emit_assembly(mod)}",
@@ -504,13 +517,17 @@ def _compile(t: _Target, ir_text: str, debug: bool, title: str) -> bytes:
     return t.tm.emit_object(mod)
 
 
-def load_function(key: str, make_ir, debug=None, title: str = "") -> int:
+def load_function(key: str, make_ir, debug=None, title: str = "", optimize: bool = True,
+                  epilogue: bool = True) -> int:
     """The address, in this process, of the entry point of the code cached under ``key``.
 
     ``key`` comes from ``cache_key`` of everything the code is generated from; ``make_ir()``
     returns its IR text (entry point named PLACEHOLDER) and is only called on a cache miss or
     in debug mode. Lookup order: this process, the linked library (no LLVM), the object
-    entry (loaded by MCJIT), a fresh compile.
+    entry (loaded by MCJIT), a fresh compile. ``optimize=False``: no optimizer passes, only
+    the code generator (``NOOPT_FLAGS``; the caller puts it in the key).
+    ``epilogue``: let the loop vectorizer add vector epilogue loops (a function of what the
+    key covers, e.g. codegen.vector_epilogue of the spec and variant).
     """
     debug = _debug_enabled(debug)
     name = "gk_" + key[:32]
@@ -530,7 +547,7 @@ def load_function(key: str, make_ir, debug=None, title: str = "") -> int:
         obj = None if debug else _read_entry(key)
         if obj is None:
             text = make_ir().replace(PLACEHOLDER, name)
-            obj = _compile(t, text, debug, title or name)
+            obj = _compile(t, text, debug, title or name, optimize, epilogue)
             stats["compiled"] += 1
             _write_entry(key, obj)
         else:

@@ -29,7 +29,7 @@ import numpy as np
 from ..kernel_spec import KernelSpec
 from . import jit, pycall
 from .codegen import (DATA_OFFSET, Variant, accumulator_dtype, build_ir, check_renders,
-                      reduce_identity)
+                      reduce_identity, vector_epilogue)
 from .scalar import DTYPES
 
 _NP_DTYPES = {name: np.dtype(name) for name in DTYPES}
@@ -58,7 +58,7 @@ _pool_lock = threading.Lock()
 
 def num_threads() -> int:
     """Threads per large kernel call: set_num_threads(), else $GRAPHC_NUM_THREADS, else 1 when
-    the graphc flag openmp is off, else the number of cpus."""
+    the graphc flag openmp is off, else the number of cpus this process may run on."""
     if _num_threads is not None:
         return _num_threads
     env = os.environ.get("GRAPHC_NUM_THREADS")
@@ -66,7 +66,10 @@ def num_threads() -> int:
         return max(1, int(env))
     if not jit.graphc_flag("openmp", True):
         return 1
-    return os.cpu_count() or 1
+    try:        # a process pinned to fewer cpus (taskset, cgroups) gets no more threads than that
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def set_num_threads(n) -> None:
@@ -241,7 +244,8 @@ class Kernel:
                 if fn is None:
                     key = jit.cache_key(self._spec_text, repr(variant))
                     addr = jit.load_function(key, lambda: self._build_ir(variant), self.debug,
-                                             title=repr(variant))
+                                             title=repr(variant),
+                                             epilogue=vector_epilogue(self.spec, variant))
                     # c_void_p converts Python ints ~3x faster than c_int64 (1.3 vs 4 us for
                     # a 7-argument call, measured); the ABI is the same on x86-64.
                     proto = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * (4 + len(variant.inner)))
@@ -348,6 +352,9 @@ class Kernel:
         split = groups.index(False) if mode == "accumulate" else 0
         variant = Variant(mode, ndim, groups.count(False) if mode == "reduce" else 0,
                           tuple(inner), PYOBJ, split)
+        total = int(np.prod(lshape))
+        if PYOBJ and mode != "accumulate" and total < parallel_min():
+            pycall.prefetch()       # this plan will want a builtin: load it meanwhile
         plan.fn = self.compile_variant(variant)
         plan.meta = np.array(lshape + [x for s in lstrides for x in s], dtype=np.int64)
         plan.meta_ptr = plan.meta.ctypes.data
@@ -355,7 +362,6 @@ class Kernel:
         if mode == "accumulate":
             plan.prefill = reduce_identity(spec.reduce[0], DTYPES[spec.out_dtypes[0]])
 
-        total = int(np.prod(lshape))
         if nthreads is not None:
             threads = nthreads
         else:

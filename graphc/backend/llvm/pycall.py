@@ -51,6 +51,7 @@ class _MethodDef(ctypes.Structure):
 
 _lock = threading.Lock()
 _method = None              # the _MethodDef (kept forever: every builtin points at it)
+_prefetching = False        # prefetch() started its thread
 _new_builtin = None
 
 
@@ -97,8 +98,8 @@ def _trampoline_ir() -> str:
         return [f"  %{name}.p = getelementptr inbounds i8, ptr {obj}, i64 {off}",
                 f"  %{name} = load {typ}, ptr %{name}.p"]
 
-    # optnone: the O3 pipeline would take ~3x longer on this function than the machine-code
-    # generator (~30 vs ~10 ms) and gain a few instructions per call
+    # optnone: the optimizer would take ~3x longer on this function than the machine-code
+    # generator and gain a few instructions per call; it is not run at all (see _method_def)
     ir = [f"define ptr @{jit.PLACEHOLDER}(ptr %self, ptr %args, i64 %nargs) #0 {{",
           "entry:",
           *field("tab", "%self", DATA, "ptr"),
@@ -208,10 +209,33 @@ def _method_def() -> _MethodDef:
     with _lock:
         if _method is None:
             text = _trampoline_ir()
-            addr = jit.load_function(jit.cache_key("pycall-trampoline", text), lambda: text,
-                                     title="pycall trampoline")
+            # optnone: the optimizer would skip it anyway, so it is not run (its setup costs
+            # ~1-3 ms). The -O0 code generator would emit it ~3x faster (~2 vs ~7 ms) but
+            # adds ~45 ns to every call (fast register allocation: 163 -> 208 ns, measured)
+            key = jit.cache_key("pycall-trampoline", jit.NOOPT_FLAGS, text)
+            addr = jit.load_function(key, lambda: text, title="pycall trampoline",
+                                     optimize=False)
             _method = _MethodDef(b"graphc_kernel", addr, METH_FASTCALL, None)
         return _method
+
+
+def _load_quietly():
+    try:
+        _method_def()
+    except Exception:       # the caller's own _method_def() retries and raises
+        pass
+
+
+def prefetch() -> None:
+    """Start loading (on a cold cache: compiling) the trampoline on a background thread.
+    Kernel plans call this before compiling a kernel whose plan will get a builtin: LLVM
+    releases the GIL, so the trampoline's ~7 ms of code generation overlap the kernel's IR
+    building in Python; builtin_call then waits for it (``_lock``)."""
+    global _prefetching
+    if not AVAILABLE or _method is not None or _prefetching:
+        return
+    _prefetching = True
+    threading.Thread(target=_load_quietly, name="graphc-pycall", daemon=True).start()
 
 
 def builtin_call(fn_addr: int, n0: int, meta: np.ndarray, inputs, outputs, dtypes):

@@ -21,11 +21,13 @@ cross-correlation).  Padding per side: 'valid' 0, 'full' d*(k-1), 'half' d*(k//2
 a pair (ph, pw), or a pair of pairs ((top, bottom), (left, right)).  Output size per dim:
 ``(n + pad_lo + pad_hi - d*(k-1) - 1) // s + 1``.
 
-The numpy references use im2col: one strided view of the padded input, one copy into a
-(G, Cg*kh*kw, N) matrix (N: the output positions, in one of two orders, see _im2col) and one
-batched matmul (BLAS).  The transposed direction scatters the columns back with kh*kw
-vectorized slice-adds (col2im).  Backend steps may pass a workspace dict and an output array
-so that scratch arrays and results are kept across calls.
+The numpy references use im2col: one strided view of the padded input, one copy into
+patch matrices (per group (Cg*kh*kw, N) with N the output positions of the whole batch, or
+per image and group (Cg*kh*kw, oh*ow): see _im2col) and one (batched) matmul (BLAS).  The
+transposed direction scatters the columns back with kh*kw vectorized slice-adds (col2im).
+Backend steps may pass a workspace dict and an output array so that scratch arrays and
+results are kept across calls; the workspace may also carry a backend's "copy", "split"
+(blocks of images) and "col2im" functions, which may run on threads.
 """
 from __future__ import annotations
 
@@ -129,11 +131,15 @@ def _hint(shape):
 
 
 # --------------------------------------------------------------------------- numpy kernels
-# Column order: the im2col copy moves runs of ow values when the columns run over
-# (B, oh, ow), and runs of ow*B values when they run over (oh, ow, B) (from a batch-last copy
-# of the input); the batch-last order in turn makes the result's move back to (B, O, oh, ow)
-# a gather.  Small feature maps (LeNet's second layer: ow = 8) take the batch-last order,
-# where it made the im2col copy ~5x cheaper; wide ones keep runs of ow.
+# Two patch layouts.  Batch-last: per group one (Cg*kh*kw, oh*ow*B) matrix copied from a
+# batch-last copy of the input, so the im2col copy moves runs of ow*B values; the product
+# (Og, oh*ow*B) then needs a gather back to (B, O, oh, ow).  Batch-major: per image and group
+# a (Cg*kh*kw, oh*ow) matrix (runs of ow values), whose product with the filters is
+# (Og, oh*ow): the NCHW result itself, written by the matmul with no transpose (and the weight
+# gradient's products take the output gradient as it is).  Small feature maps (LeNet's second
+# layer: ow = 8) take the batch-last order, where it made the im2col copy ~5x cheaper; wide
+# ones (LeNet's first layer) the batch-major one, which saves two passes over the
+# (B, O, oh, ow) arrays (~1.5x faster forward and weight gradient, measured).
 _BATCH_LAST_BELOW = 16
 
 
@@ -153,6 +159,27 @@ def _scratch(ws, key, shape, dtype):
     return a
 
 
+def _copy(ws, dst, src):
+    """dst[...] = src; through the workspace's "copy" function when a backend gave one (it
+    may split the copy across threads)."""
+    copy = ws.get("copy") if ws is not None else None
+    if copy is None:
+        np.copyto(dst, src, casting="unsafe")
+    else:
+        copy(dst, src)
+
+
+def _batches(ws, n, fn, size):
+    """fn(lo, hi) over the images [0, n), which touches arrays of ``size`` elements in all;
+    through the workspace's "split" function when a backend gave one (it may run blocks of
+    images on threads)."""
+    split = ws.get("split") if ws is not None else None
+    if split is None:
+        fn(0, n)
+    else:
+        split(fn, n, size)
+
+
 def _padded(img, pads, batch_last, ws=None):
     """The zero-padded input; C-contiguous (C, h, w, B) if batch_last, else (B, C, h, w)."""
     (t, b), (l, r) = pads
@@ -164,15 +191,22 @@ def _padded(img, pads, batch_last, ws=None):
     if t or b or l or r:
         out.fill(0)
     if batch_last:
-        out[:, t: t + H, l: l + W] = img.transpose(1, 2, 3, 0)
+        _copy(ws, out[:, t: t + H, l: l + W], img.transpose(1, 2, 3, 0))
     else:
-        out[:, :, t: t + H, l: l + W] = img
+        _copy(ws, out[:, :, t: t + H, l: l + W], img)
     return out
 
 
 def _im2col(xp, kh, kw, oh, ow, subsample, dilation, groups, batch_last, ws=None):
-    """(G, Cg*kh*kw, N) patches of the padded input ``xp`` from _padded (one copy); N runs
-    over (oh, ow, B) if batch_last, else over (B, oh, ow)."""
+    """Patches of the padded input ``xp`` from _padded (one copy): (G, Cg*kh*kw, N) with N
+    over (oh, ow, B) if batch_last, else (B, G, Cg*kh*kw, oh*ow)."""
+    view, cols = _patches(xp, kh, kw, oh, ow, subsample, dilation, groups, batch_last, ws)
+    _copy(ws, cols, view)
+    return _cols_matrices(cols, batch_last)
+
+
+def _patches(xp, kh, kw, oh, ow, subsample, dilation, groups, batch_last, ws=None):
+    """(strided view of the patches, the scratch array they are copied into) for _im2col."""
     if batch_last:
         C, B = xp.shape[0], xp.shape[3]
         sc, sy, sx, sb = xp.strides
@@ -186,20 +220,26 @@ def _im2col(xp, kh, kw, oh, ow, subsample, dilation, groups, batch_last, ws=None
     if batch_last:
         shape, strides = shape + rows + (B,), strides + rs + (sb,)
     else:
-        shape, strides = shape + (B,) + rows, strides + (sb,) + rs
+        shape, strides = (B,) + shape + rows, (sb,) + strides + rs
     view = as_strided(xp, shape, strides, writeable=False)
-    cols = _scratch(ws, "cols", shape, xp.dtype)
-    np.copyto(cols, view)
-    return cols.reshape(groups, cg * kh * kw, B * oh * ow)
+    return view, _scratch(ws, "cols", shape, xp.dtype)
 
 
-def _group_rows(topgrad, groups, batch_last, ws=None):
-    """(B, O, oh, ow) -> (G, Og, N) in the column order of _im2col."""
+def _cols_matrices(cols, batch_last):
+    """The patch array of _im2col as its (batched) matrices."""
+    if batch_last:
+        G, cg, kh, kw, oh, ow, B = cols.shape
+        return cols.reshape(G, cg * kh * kw, oh * ow * B)
+    B, G, cg, kh, kw, oh, ow = cols.shape
+    return cols.reshape(B, G, cg * kh * kw, oh * ow)
+
+
+def _group_rows(topgrad, groups, ws=None):
+    """(B, O, oh, ow) -> (G, Og, N) with N over (oh, ow, B): the batch-last column order."""
     B, O, oh, ow = topgrad.shape
-    t = topgrad.reshape(B, groups, O // groups, oh * ow)
-    t = t.transpose(1, 2, 3, 0) if batch_last else t.transpose(1, 2, 0, 3)
+    t = topgrad.reshape(B, groups, O // groups, oh * ow).transpose(1, 2, 3, 0)
     rows = _scratch(ws, "rows", t.shape, topgrad.dtype)
-    np.copyto(rows, t)
+    _copy(ws, rows, t)
     return rows.reshape(groups, O // groups, B * oh * ow)
 
 
@@ -223,12 +263,19 @@ def _bmm(a, b, ws=None):
     return out
 
 
-def _result(out, value, dtype):
+def _result(out, value, dtype, ws=None):
     """``value`` as a C-contiguous array of ``dtype``, written into ``out`` when given."""
     if out is None:
         return np.ascontiguousarray(value, dtype=dtype)
-    np.copyto(out, value, casting="unsafe")
+    _copy(ws, out, value)
     return out
+
+
+def _made_cols(ws, img, pads, geometry):
+    """Note what ws["cols"] holds, for conv2d_grad_weights(cols_ws=ws)."""
+    if ws is not None:
+        kh, kw, oh, ow, subsample, dilation, groups, bl = geometry
+        ws["cols_of"] = (img, (kh, kw, oh, ow, pads, subsample, dilation, groups, bl))
 
 
 def conv2d_forward(img, kern, border_mode, subsample, flip, dilation, groups, ws=None,
@@ -241,16 +288,32 @@ def conv2d_forward(img, kern, border_mode, subsample, flip, dilation, groups, ws
     oh = conv_out_len(H, kh, pads[0], subsample[0], dilation[0])
     ow = conv_out_len(W, kw, pads[1], subsample[1], dilation[1])
     bl = _batch_last_order(ow)
-    cols = _im2col(_padded(img, pads, bl, ws), kh, kw, oh, ow, subsample, dilation, groups,
-                   bl, ws)
-    if ws is not None:      # what the cols hold, for conv2d_grad_weights(cols_ws=ws)
-        ws["cols_of"] = (img, (kh, kw, oh, ow, pads, subsample, dilation, groups, bl))
-    prod = _bmm(_kernel_matrix(kern, groups, flip), cols, ws)        # (G, Og, N)
-    if bl:
-        prod = prod.reshape(O, oh, ow, B).transpose(3, 0, 1, 2)
-    else:
-        prod = prod.reshape(O, B, oh, ow).transpose(1, 0, 2, 3)
-    return _result(out, prod, img.dtype)
+    geometry = (kh, kw, oh, ow, subsample, dilation, groups, bl)
+    kmat = _kernel_matrix(kern, groups, flip)                         # (G, Og, K)
+    if not bl:
+        # per image and group (Og, K) @ (K, oh*ow): the rows of the NCHW result.  A block
+        # of images copies its patches and multiplies them while they are in cache; blocks
+        # go to the backend's threads, if any (OpenBLAS runs products this small on one
+        # core).
+        view, cols6 = _patches(_padded(img, pads, bl, ws), *geometry, ws)
+        cols = _cols_matrices(cols6, bl)
+        dtype = np.result_type(kmat.dtype, cols.dtype)
+        direct = out is not None and out.dtype == dtype and out.flags.c_contiguous
+        res = out if direct else np.empty((B, O, oh, ow), dtype)
+        res_rows = res.reshape(B, groups, O // groups, oh * ow)
+        k = kmat[0] if groups == 1 else kmat
+
+        def block(lo, hi):
+            np.copyto(cols6[lo:hi], view[lo:hi])
+            np.matmul(k, cols[lo:hi], out=res_rows[lo:hi])
+        _batches(ws, B, block, cols.size + res.size)
+        _made_cols(ws, img, pads, geometry)
+        return res if direct else _result(out, res, img.dtype, ws)
+    cols = _im2col(_padded(img, pads, bl, ws), *geometry, ws)
+    _made_cols(ws, img, pads, geometry)
+    prod = _bmm(kmat, cols, ws)                                       # (G, Og, N)
+    prod = prod.reshape(O, oh, ow, B).transpose(3, 0, 1, 2)
+    return _result(out, prod, img.dtype, ws)
 
 
 def conv2d_grad_weights(img, topgrad, khw, border_mode, subsample, flip, dilation, groups,
@@ -267,12 +330,22 @@ def conv2d_grad_weights(img, topgrad, khw, border_mode, subsample, flip, dilatio
     made = cols_ws.get("cols_of") if cols_ws is not None else None
     if made is not None and made[0] is img and \
             made[1] == (kh, kw, oh, ow, pads, subsample, dilation, groups, bl):
-        cols = cols_ws["cols"].reshape(groups, C // groups * kh * kw, B * oh * ow)
+        cols = _cols_matrices(cols_ws["cols"], bl)
     else:
         cols = _im2col(_padded(img, pads, bl, ws), kh, kw, oh, ow, subsample, dilation,
                        groups, bl, ws)
-    rows = _group_rows(topgrad, groups, bl, ws)
-    dk = _bmm(rows, cols.transpose(0, 2, 1), ws)                     # (G, Og, Cg*kh*kw)
+    if bl:
+        rows = _group_rows(topgrad, groups, ws)
+        dk = _bmm(rows, cols.transpose(0, 2, 1), ws)                 # (G, Og, Cg*kh*kw)
+    else:
+        # per image and group (Og, oh*ow) @ (oh*ow, K), summed over the batch
+        rows = topgrad.reshape(B, groups, O // groups, oh * ow)
+        dtype = np.result_type(rows.dtype, cols.dtype)
+        per_image = _scratch(ws, "prod", (B, groups, O // groups, cols.shape[2]), dtype)
+        cols_t = cols.transpose(0, 1, 3, 2)
+        _batches(ws, B, lambda lo, hi: np.matmul(rows[lo:hi], cols_t[lo:hi],
+                                                 out=per_image[lo:hi]), cols.size + rows.size)
+        dk = per_image.sum(axis=0)
     dk = dk.reshape(O, C // groups, kh, kw)
     if flip:
         dk = dk[:, :, ::-1, ::-1]
@@ -287,7 +360,7 @@ def conv2d_grad_inputs(kern, topgrad, hw, border_mode, subsample, flip, dilation
     C = cg * groups
     (t, b), (l, r) = border_pads(border_mode, kh, kw, dilation)
     kmat = _kernel_matrix(kern, groups, flip)
-    rows = _group_rows(topgrad, groups, True, ws)
+    rows = _group_rows(topgrad, groups, ws)
     dcols = _bmm(kmat.transpose(0, 2, 1), rows, ws).reshape(C, kh, kw, oh, ow, B)
     # col2im in a (C, h, w, B) layout: each offset's slice-add then runs over contiguous
     # (ow, B) blocks instead of rows of ow values (~1.5x faster for small feature maps)
@@ -304,7 +377,7 @@ def conv2d_grad_inputs(kern, topgrad, hw, border_mode, subsample, flip, dilation
                 dxp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh,
                     j * dw: j * dw + sw * (ow - 1) + 1: sw] += dcols[:, i, j]
     dx = dxp[:, t: t + H, l: l + W].transpose(3, 0, 1, 2)
-    return _result(out, dx, kern.dtype)
+    return _result(out, dx, kern.dtype, ws)
 
 
 # --------------------------------------------------------------------------- ops
