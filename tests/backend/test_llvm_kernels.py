@@ -574,6 +574,8 @@ def test_threads_match_serial(monkeypatch):
 # ------------------------------------------------------------------------ cache, debug, overhead
 def test_memo_and_cache_info():
     assert gl.compile_kernel(AXPY) is gl.compile_kernel(AXPY)
+    x, y = np.arange(5.0), np.ones(5)       # variants compile at their first call
+    gl.compile_kernel(AXPY)([x, y, np.array(1.0)], [np.empty(5), np.empty(5)])
     info = gl.cache_info()
     assert info["dir"] == jit.compiledir() and info["entries"] > 0 and info["bytes"] > 0
 
@@ -887,3 +889,38 @@ def test_blas_pointer_skips_scipy_linalg_import():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_while_a_compile_holds_the_locks():
+    """A child forked while another thread compiles (pycall's background prefetch holds
+    jit's and pycall's locks) starts with free locks instead of waiting forever."""
+    import graphc as theano
+    import graphc.tensor as T
+    from graphc.backend.llvm import jit, pycall
+    x = T.fvector("x")
+    jit._lock.acquire()
+    pycall._lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:        # child: compile and run a kernel, report through the exit code
+            try:
+                f = theano.function([x], T.tanh(x) * 2 + 1)
+                r = f(np.arange(10, dtype="float32"))
+                ok = np.allclose(r, np.tanh(np.arange(10)) * 2 + 1, atol=1e-6)
+            finally:
+                os._exit(0 if "ok" in locals() and ok else 3)
+    finally:
+        jit._lock.release()
+        pycall._lock.release()
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on a lock held at fork time")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0

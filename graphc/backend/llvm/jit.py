@@ -75,6 +75,17 @@ _SO_MAGIC = b"GRAPHCS1"
 _HEADER = struct.Struct("<8sQ32s")          # magic, payload length, sha256(payload)
 
 _lock = threading.RLock()                   # guards the engine, the loaded-symbol table, stats
+
+
+def _new_lock_in_child():
+    """A child forked while another thread held _lock (e.g. pycall's background prefetch)
+    would wait on it forever: the child starts with a free lock."""
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 _state = None                               # lazily built _Target
 _salt_text = None                           # host + versions + flags part of every key
 _loaded: dict = {}                          # function name -> address (already in the engine)

@@ -52,6 +52,18 @@ class _MethodDef(ctypes.Structure):
 _lock = threading.Lock()
 _method = None              # the _MethodDef (kept forever: every builtin points at it)
 _prefetching = False        # prefetch() started its thread
+
+
+def _reset_in_child():
+    """After fork the prefetch thread is gone: the child gets a free lock and loads the
+    trampoline itself when it needs it."""
+    global _lock, _prefetching
+    _lock = threading.Lock()
+    _prefetching = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
 _new_builtin = None
 
 
