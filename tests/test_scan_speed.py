@@ -9,7 +9,8 @@ import graphc.tensor as T
 from graphc.scan_module import Scan
 from graphc.tensor.blas import Gemm
 from graphc.tensor.math import Dot
-from graphc.tensor.nnet import sigmoid
+
+from test_scan_store import lstm
 
 NO_PUSHOUT = graphc.Mode(linker="py", optimizer="fast_run").excluding("scan_pushout",
                                                                       "scan_store")
@@ -27,15 +28,7 @@ def inner_products(node):
 
 
 def lstm_loss(x, Wx, Wh, b, H):
-    def cell(x_t, h, c, Wx, Wh, b):
-        z = T.dot(x_t, Wx) + T.dot(h, Wh) + b
-        i, f = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H])
-        g, o = T.tanh(z[:, 2 * H:3 * H]), sigmoid(z[:, 3 * H:])
-        c = f * c + i * g
-        return o * T.tanh(c), c
-    h0 = T.zeros((x.shape[1], H), dtype=x.dtype)
-    (hs, _), _ = graphc.scan(cell, sequences=x, outputs_info=[h0, h0],
-                             non_sequences=[Wx, Wh, b])
+    hs, _ = lstm(x, Wx, Wh, b, H)       # the LSTM of test_scan_store.py
     return (hs[-1] ** 2).sum()
 
 

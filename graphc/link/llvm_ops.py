@@ -61,6 +61,17 @@ def _xent_specs(dt, bias):
     return row_max, exp, row_sum, divide
 
 
+def _xent_inputs(node, ins, outs):
+    """The checked input values of a SoftmaxCrossentropy step; None when the logits are
+    empty (the op's numpy perform has then filled ``outs``)."""
+    vals = [c[0] for c in ins]
+    if vals[0].size == 0:
+        node.op.perform(node, vals, outs)
+        return None
+    node.op.check(node, vals)
+    return vals
+
+
 def _xent_step(node, ins, outs, reuse):
     op: SoftmaxCrossentropy = node.op
     dt = node.outputs[0].dtype
@@ -80,12 +91,10 @@ def _xent_step(node, ins, outs, reuse):
         return a
 
     def step():
-        vals = [c[0] for c in ins]
-        x = vals[0]
-        if x.size == 0:
-            op.perform(node, vals, outs)
+        vals = _xent_inputs(node, ins, outs)
+        if vals is None:
             return
-        op.check(node, vals)
+        x = vals[0]
         n, k = x.shape
         zs = [x, vals[1][None, :]] if op.has_bias else [x]
         m, total, e = work("m", (n,)), work("s", (n,)), work("e", (n, k))
@@ -153,12 +162,10 @@ def _xent_rows_step(node, ins, outs, reuse):
     bufs = _Buffers(2, reuse)
 
     def step():
-        vals = [c[0] for c in ins]
-        x = vals[0]
-        if x.size == 0:
-            op.perform(node, vals, outs)
+        vals = _xent_inputs(node, ins, outs)
+        if vals is None:
             return
-        op.check(node, vals)
+        x = vals[0]
         n, k = x.shape
         xc = _unit_columns(x)
         b = np.ascontiguousarray(vals[1], f32) if op.has_bias else None

@@ -58,6 +58,37 @@ PTR = ir.PointerType()
 VOID = ir.VoidType()
 
 
+
+def emit_for(b: ir.IRBuilder, lo, hi, step, carried, body, loop_id=None):
+    """Emit ``for i in range(lo, hi, step): carried = body(i, carried)`` at ``b``'s position
+    (``step`` an i64 value); return the carried values after the loop. ``loop_id``: llvm.loop
+    metadata for the latch."""
+    pre = b.block
+    head = b.append_basic_block("for.head")
+    loop = b.append_basic_block("for.body")
+    done = b.append_basic_block("for.end")
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(I64, name="i")
+    i.add_incoming(lo, pre)
+    phis = []
+    for c in carried:
+        p = b.phi(c.type)
+        p.add_incoming(c, pre)
+        phis.append(p)
+    b.cbranch(b.icmp_signed("<", i, hi), loop, done)
+    b.position_at_end(loop)
+    new = body(i, phis)
+    nxt = b.add(i, step, flags=["nsw"])
+    latch = b.branch(head)
+    if loop_id is not None:
+        latch.set_metadata("llvm.loop", loop_id)
+    i.add_incoming(nxt, b.block)
+    for p, val in zip(phis, new):
+        p.add_incoming(val, b.block)
+    b.position_at_end(done)
+    return phis
+
 class _DistinctMD(ir.values.MDValue):
     """``distinct !{...}``, optionally with itself as first operand (a loop ID). llvmlite
     only makes uniqued nodes; loop IDs and access groups must be distinct."""
@@ -145,34 +176,8 @@ class _Builder:
 
     # ------------------------------------------------------------------ helpers
     def for_range(self, lo, hi, step, carried, body, loop_id=None):
-        """Emit ``for i in range(lo, hi, step): carried = body(i, carried)``; return carried.
-        ``loop_id``: llvm.loop metadata for the latch."""
-        b = self.b
-        pre = b.block
-        head = self.fn.append_basic_block("for.head")
-        loop = self.fn.append_basic_block("for.body")
-        done = self.fn.append_basic_block("for.end")
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64, name="i")
-        i.add_incoming(lo, pre)
-        phis = []
-        for c in carried:
-            p = b.phi(c.type)
-            p.add_incoming(c, pre)
-            phis.append(p)
-        b.cbranch(b.icmp_signed("<", i, hi), loop, done)
-        b.position_at_end(loop)
-        new = body(i, phis)
-        nxt = b.add(i, step, flags=["nsw"])
-        latch = b.branch(head)
-        if loop_id is not None:
-            latch.set_metadata("llvm.loop", loop_id)
-        i.add_incoming(nxt, b.block)
-        for p, val in zip(phis, new):
-            p.add_incoming(val, b.block)
-        b.position_at_end(done)
-        return phis
+        """Emit ``for i in range(lo, hi, step): carried = body(i, carried)``; return carried."""
+        return emit_for(self.b, lo, hi, step, carried, body, loop_id)
 
     def load(self, k, ptr, group=None):
         dt = self.op_dts[k]

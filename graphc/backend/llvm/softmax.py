@@ -27,6 +27,7 @@ import os
 from llvmlite import ir
 
 from . import jit
+from .codegen import emit_for
 from .vmath import LN2_HI, LN2_LO, LOG2E, MathBuilder, log_f32
 
 F32 = ir.FloatType()
@@ -97,30 +98,8 @@ class _Lanes:
 
 def _loop(b: ir.IRBuilder, start, stop, step, body, carried=()):
     """for (j = start; j < stop; j += step) carried = body(j, *carried); returns carried."""
-    pre = b.block
-    head = b.append_basic_block("head")
-    loop = b.append_basic_block("body")
-    done = b.append_basic_block("done")
-    b.branch(head)
-    b.position_at_end(head)
-    j = b.phi(I64)
-    j.add_incoming(start, pre)
-    phis = []
-    for v in carried:
-        p = b.phi(v.type)
-        p.add_incoming(v, pre)
-        phis.append(p)
-    b.cbranch(b.icmp_signed("<", j, stop), loop, done)
-    b.position_at_end(loop)
-    new = body(j, *phis)
-    nxt = b.add(j, ir.Constant(I64, step))
-    end = b.block
-    j.add_incoming(nxt, end)
-    for p, v in zip(phis, new):
-        p.add_incoming(v, end)
-    b.branch(head)
-    b.position_at_end(done)
-    return phis
+    return emit_for(b, start, stop, ir.Constant(I64, step), list(carried),
+                    lambda j, phis: body(j, *phis))
 
 
 def _row_loop(b, k, body, init, combine):
