@@ -32,6 +32,7 @@ def optimize(fgraph, mode):
             ("scan_prune", _plain(_prune_scans)),
             ("scan_pushout", _plain(_pushout_scans)),
             ("scan_store", _plain(_store_scans)),
+            ("scan_pack", _plain(_pack_scans)),
             ("stabilize", _rules(stabilize.RULES, "stabilize", followup=canon)),
             ("specialize", _rules(specialize.RULES, "specialize", followup=canon)),
             ("merge", _plain(canonicalize.merge)),
@@ -100,6 +101,15 @@ def _store_scans(fgraph):
     canonicalize.merge(fgraph)          # one node per hoisted product: F's and B's alike
     if store_for_backward(fgraph):
         prune_scans(fgraph)
+
+
+def _pack_scans(fgraph):
+    """Products against a loop's non-sequence weights read it packed once per loop, where
+    the loop runs natively (graphc.scan_module.pack)."""
+    from graphc.scan_module.op import Scan
+    if any(isinstance(n.op, Scan) for n in fgraph.apply_nodes):
+        from graphc.scan_module.pack import pack_scans
+        pack_scans(fgraph)
 
 
 def _pushout_scans(fgraph):

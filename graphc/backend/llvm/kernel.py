@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..kernel_spec import KernelSpec
-from . import jit, pycall
+from . import jit, pycall, spinpool
 from .codegen import (DATA_OFFSET, Variant, accumulator_dtype, build_ir, check_renders,
                       reduce_identity, vector_epilogue)
 from .scalar import DTYPES
@@ -91,6 +91,9 @@ _OP_COST = dict.fromkeys(["exp", "log", "log1p", "expm1", "tanh", "sin", "cos", 
                           "sigmoid", "softplus", "pow"], 10)
 _OP_COST.update(dict.fromkeys(["true_div", "int_div", "mod", "reciprocal", "sqrt"], 4))
 COMPUTE_BOUND = 8        # cost units per element from which threads pay off by default
+# cost units (elements x cost per element) from which a loop too small for the thread pool
+# may still be split over the native spin pool: ~15-20 us of work, a few pool overheads
+SPLIT_MIN_WORK = 1 << 17
 
 
 def _cost_per_element(spec) -> int:
@@ -133,7 +136,7 @@ class Plan:
     """Everything needed to run one kernel on arrays of one signature."""
 
     __slots__ = ("fn", "meta", "meta_ptr", "n0", "chunks", "partials", "empty", "fill",
-                 "prefill", "combine", "kernel", "simple", "native")
+                 "prefill", "combine", "kernel", "simple", "native", "split")
 
     def run(self, inputs, outputs):
         if self.empty:
@@ -147,6 +150,9 @@ class Plan:
         else:
             args = [a.ctypes.data for a in inputs] + [o.ctypes.data for o in outputs]
         if self.chunks is None:
+            if self.split is not None:
+                self.split.run(self.fn, self.n0, self.meta_ptr, args)
+                return
             self.fn(0, self.n0, 0, self.meta_ptr, *args)
             return
         self._run_parallel(args, inputs, outputs)
@@ -325,7 +331,7 @@ class Kernel:
         mode, order = self._loop_order(shape, axes, strides[:len(inputs)])
         plan = Plan()
         plan.kernel = self
-        plan.chunks = plan.combine = plan.fill = plan.prefill = None
+        plan.chunks = plan.combine = plan.fill = plan.prefill = plan.split = None
         plan.simple = False
         plan.native = None
         plan.empty = any(n == 0 for n in shape)
@@ -381,7 +387,14 @@ class Kernel:
                 acc_np = _NP_DTYPES[acc.name]
                 plan.combine = lambda p, u=ufunc, a=acc_np, o=self.out_np[0]: \
                     u.reduce(p.astype(a)).astype(o)
-        plan.simple = PYOBJ and plan.chunks is None and plan.prefill is None
+        elif threads > 1 and mode == "map" and plan.n0 > 1 and \
+                total * self.cost >= SPLIT_MIN_WORK and spinpool.usable(len(strides)):
+            # below the thread-pool size but heavy (a scan step's gate math): the native
+            # pool, one thread or split, whichever has been faster (spinpool.KernelSplit)
+            plan.split = spinpool.KernelSplit(ctypes.cast(plan.fn, ctypes.c_void_p).value,
+                                              plan.n0, plan.meta_ptr, len(strides), threads)
+        plan.simple = PYOBJ and plan.chunks is None and plan.prefill is None and \
+            plan.split is None
         if plan.simple and total < parallel_min():
             # small loops skip ctypes: a builtin that checks the signature and runs the
             # kernel with the GIL held (see pycall.py); large ones release the GIL

@@ -1,0 +1,217 @@
+"""Small-M float32 matrix products against a pre-packed right operand, on the spin pool.
+
+A recurrent step multiplies a small batch by the same weight matrix at every step (an LSTM's
+32x256 @ 256x1024, and 32x1024 @ 1024x256 in its backward loop). BLAS repacks the 1 MB
+weight at every call and its threads gain little at this size: numpy's OpenBLAS took
+~275-300 us per product on one or two threads on the development machine (2-core AMD EPYC).
+Here the weight is packed once per loop (graphc.tensor.packed.pack_weights) into column
+panels of NR = 16 that are contiguous along K, and a register-blocked kernel written in LLVM
+IR (4 rows x 16 columns of accumulators: two 8-lane loads and four broadcasts per k) runs
+over panel ranges: ~210-236 us on one thread; split over two threads ~125-155 us (the same
+machine, in-process). The split runs on graphc's native spin pool (spinpool.py): Python's
+thread pool costs a wake-up per call (two threads were slower than one: 317 vs 236 us).
+
+    pg_gemm(p0, p1, M, K, A, lda, Bp, C, ldc, N)
+        C[:, p*16:(p+1)*16] = A @ B[:, p*16:(p+1)*16] for panels p in [p0, p1); A (M, K)
+        with row stride lda and unit column stride, C (M, N) with row stride ldc, Bp the
+        packed B: shape (ceil(N/16), K, 16), zero padded.
+    pg_slice(d, s)
+        the pool's region function: d = int64[10] (slices, panels, M, K, A, lda, Bp, C,
+        ldc, N); slice s gets panels [s * panels // slices, (s + 1) * panels // slices).
+
+Each entry is the plain sum over k in order (one fma per term), so results differ from
+BLAS's only by rounding order.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+from time import perf_counter
+
+import numpy as np
+from llvmlite import ir
+
+from graphc.tensor.packed import PANEL
+
+from . import jit
+from .codegen import emit_for
+from .spinpool import TwoWays, get_pool
+
+F32 = ir.FloatType()
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+PTR = ir.PointerType()
+LANES = 8
+NR = PANEL                 # columns per panel: two vectors
+assert NR == 2 * LANES
+MR = 4                     # rows per register block (8 accumulators; 6 rows ran no faster)
+VEC = ir.VectorType(F32, LANES)
+_GEMM_ARGS = [I64, I64, I64, I64, PTR, I64, PTR, PTR, I64, I64]
+
+
+def _splat(b, v):
+    one = b.insert_element(ir.Constant(VEC, ir.Undefined), v, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, ir.Constant(VEC, ir.Undefined),
+                            ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
+
+
+def _c(v):
+    return ir.Constant(I64, v)
+
+
+def _gemm_function(mod, name):
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), _GEMM_ARGS), name=name)
+    p0, p1, m, k, a, lda, bp, c, ldc, n = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    fma = ir.Function(mod, ir.FunctionType(VEC, [VEC] * 3), name="llvm.fma.v8f32")
+    zero = ir.Constant(VEC, [0.0] * LANES)
+    m_full = b.mul(b.sdiv(m, _c(MR)), _c(MR))
+
+    def block(p, bpan, i0, rows):
+        """C[i0:i0+rows, panel p] from the k loop's 2*rows accumulators."""
+        a_rows = [b.gep(a, [b.mul(b.add(i0, _c(r)), lda)], source_etype=F32)
+                  for r in range(rows)]
+
+        def kstep(kk, accs):
+            bk = b.gep(bpan, [b.mul(kk, _c(NR))], source_etype=F32)
+            b0 = b.load(bk, typ=VEC, align=4)
+            b1 = b.load(b.gep(bk, [_c(LANES)], source_etype=F32), typ=VEC, align=4)
+            out = []
+            for r in range(rows):
+                x = _splat(b, b.load(b.gep(a_rows[r], [kk], source_etype=F32), typ=F32))
+                out += [b.call(fma, [x, b0, accs[2 * r]]), b.call(fma, [x, b1, accs[2 * r + 1]])]
+            return out
+        accs = emit_for(b, _c(0), k, _c(1), [zero] * (2 * rows), kstep)
+        col0 = b.mul(p, _c(NR))
+        cols = b.sub(n, col0)
+        whole = b.icmp_signed(">=", cols, _c(NR))
+        with b.if_else(whole) as (full, part):
+            with full:
+                for r in range(rows):
+                    row = b.gep(c, [b.add(b.mul(b.add(i0, _c(r)), ldc), col0)], source_etype=F32)
+                    b.store(accs[2 * r], row, align=4)
+                    b.store(accs[2 * r + 1], b.gep(row, [_c(LANES)], source_etype=F32), align=4)
+            with part:          # the last panel of an N that is not a multiple of 16
+                for r in range(rows):
+                    row = b.gep(c, [b.add(b.mul(b.add(i0, _c(r)), ldc), col0)], source_etype=F32)
+                    for j in range(NR):
+                        with b.if_then(b.icmp_signed("<", _c(j), cols)):
+                            v = b.extract_element(accs[2 * r + j // LANES], _c(j % LANES))
+                            b.store(v, b.gep(row, [_c(j)], source_etype=F32))
+
+    def panel(p, _):
+        bpan = b.gep(bp, [b.mul(p, b.mul(k, _c(NR)))], source_etype=F32)
+        emit_for(b, _c(0), m_full, _c(MR), [], lambda i0, _: block(p, bpan, i0, MR) or [])
+        left = b.sub(m, m_full)
+        for rows in range(1, MR):           # the M % MR last rows
+            with b.if_then(b.icmp_signed("==", left, _c(rows))):
+                block(p, bpan, m_full, rows)
+        return []
+    emit_for(b, p0, p1, _c(1), [], panel)
+    b.ret_void()
+    return fn
+
+
+def _slice_function(mod, name, gemm):
+    """fn(d, s): slice s of d[0] slices of the d[1] panels (spinpool's region signature)."""
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [PTR, I64]), name=name)
+    d, s = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def field(i):
+        return b.load(b.gep(d, [_c(i)], source_etype=I64), typ=I64)
+    slices, panels = field(0), field(1)
+    lo = b.sdiv(b.mul(s, panels), slices)
+    hi = b.sdiv(b.mul(b.add(s, _c(1)), panels), slices)
+    b.call(gemm, [lo, hi, field(2), field(3), b.inttoptr(field(4), PTR), field(5),
+                  b.inttoptr(field(6), PTR), b.inttoptr(field(7), PTR), field(8), field(9)])
+    b.ret_void()
+
+
+def packed_gemm_ir(region: bool) -> str:
+    """IR of pg_gemm (``region=False``) or pg_slice; the entry point is jit.PLACEHOLDER."""
+    mod = ir.Module(name="packgemm")
+    if not region:
+        _gemm_function(mod, jit.PLACEHOLDER)
+        return str(mod)
+    gemm = _gemm_function(mod, "pg_gemm")
+    gemm.linkage = "internal"
+    _slice_function(mod, jit.PLACEHOLDER, gemm)
+    return str(mod)
+
+
+_SOURCE_HASH = None
+
+
+def _source_hash() -> str:
+    global _SOURCE_HASH
+    if _SOURCE_HASH is None:
+        with open(os.path.abspath(__file__), "rb") as f:
+            _SOURCE_HASH = hashlib.sha256(f.read()).hexdigest()
+    return _SOURCE_HASH
+
+
+_GEMM_PROTO = ctypes.CFUNCTYPE(None, *([ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int64,
+                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                       ctypes.c_int64]))
+_fns: dict = {}
+
+
+def _load(region: bool):
+    fn = _fns.get(region)
+    if fn is None:
+        key = jit.cache_key("packgemm", str(region), _source_hash())
+        addr = jit.load_function(key, lambda: packed_gemm_ir(region),
+                                 title=f"packed gemm region={region}")
+        fn = _fns[region] = addr if region else _GEMM_PROTO(addr)
+    return fn
+
+
+def _row_major(a):
+    return a.ndim == 2 and (a.shape[1] <= 1 or a.strides[1] == 4) and a.strides[0] % 4 == 0 \
+        and a.strides[0] >= 0
+
+
+class PackedProduct:
+    """``out[...] = a @ B`` for float32 ``a`` (M, K) and B given packed (pack_weights), on
+    one thread or split over ``threads`` (the spin pool), whichever has recently been faster
+    (spinpool.TwoWays)."""
+
+    MIN_PANELS_PER_THREAD = 4
+
+    def __init__(self):
+        self.args = np.zeros(10, np.int64)
+        self.ways = TwoWays()
+
+    def __call__(self, a, bp, n, out, threads):
+        if not _row_major(a):
+            a = np.ascontiguousarray(a)
+        m, k = a.shape
+        panels = bp.shape[0]
+        lda = max(1, a.strides[0] // 4)
+        ldc = max(1, out.strides[0] // 4)
+        if m == 0 or n == 0:
+            return out
+        if k == 0:
+            out[...] = 0
+            return out
+        t = min(threads, panels // self.MIN_PANELS_PER_THREAD)
+        pool = get_pool(t) if t > 1 else None
+        if pool is None:
+            _load(False)(0, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
+                         out.ctypes.data, ldc, n)
+            return out
+        split = self.ways.split()
+        start = perf_counter()
+        if split:
+            d = self.args
+            slices = 2 * t          # a late worker leaves whole slices to the others
+            d[:] = (slices, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
+                    out.ctypes.data, ldc, n)
+            pool.run(_load(True), d.ctypes.data, slices)
+        else:
+            _load(False)(0, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
+                         out.ctypes.data, ldc, n)
+        self.ways.record(split, perf_counter() - start)
+        return out

@@ -1,0 +1,37 @@
+"""Native steps for graphc.tensor.packed: PackedDot through the packed-panel kernel of
+graphc/backend/llvm/packgemm.py, into a kept output buffer, on the kernel threads
+(graphc.backend.llvm.kernel.num_threads). PackWeights runs its numpy ``perform`` (once per
+loop, outside it)."""
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.link.llvm import STEP_MAKERS, _Buffers
+from graphc.tensor.packed import PackedDot
+
+
+def _packed_dot_step(node, ins, outs, reuse):
+    from graphc.backend.llvm.kernel import num_threads
+    from graphc.backend.llvm.packgemm import PackedProduct
+    op: PackedDot = node.op
+    product = PackedProduct()
+    bufs = _Buffers(1, reuse)
+    f32 = np.dtype(np.float32)
+    trans = op.trans
+    out = outs[0]
+    threads = num_threads()
+
+    def step():
+        a, w, wp = ins[0][0], ins[1][0], ins[2][0]
+        if a.dtype != f32 or w.dtype != f32 or wp.dtype != f32 or a.ndim != 2 or \
+                not wp.flags.c_contiguous:
+            op.perform(node, [a, w, wp], outs)
+            return
+        op.check(node, a, w, wp)
+        n = w.shape[0] if trans else w.shape[1]
+        c = bufs.get(0, (a.shape[0], n), f32)
+        out[0] = product(a, wp, n, c, threads)
+    return step
+
+
+STEP_MAKERS[PackedDot] = _packed_dot_step
