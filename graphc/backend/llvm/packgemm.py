@@ -36,7 +36,7 @@ from graphc.tensor.packed import PANEL
 
 from . import jit
 from .codegen import emit_for
-from .spinpool import TwoWays, get_pool
+from .spinpool import TwoWays, get_pool, prefetch
 
 F32 = ir.FloatType()
 I32 = ir.IntType(32)
@@ -183,6 +183,7 @@ class PackedProduct:
     def __init__(self):
         self.args = np.zeros(10, np.int64)
         self.ways = TwoWays()
+        prefetch(lambda: _load(True))
 
     def __call__(self, a, bp, n, out, threads):
         if not _row_major(a):

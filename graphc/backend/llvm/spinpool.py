@@ -246,12 +246,39 @@ _STOP = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _ENTRY = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
 
 
+_entry = []
+
+
 def _functions():
     """(worker, run, stop) ctypes functions of the compiled pool code."""
-    key = jit.cache_key("spinpool", _IR)
-    entry = _ENTRY(jit.load_function(key, lambda: _IR.replace("ENTRY_NAME", jit.PLACEHOLDER),
-                                     title="spin pool"))
+    if not _entry:
+        key = jit.cache_key("spinpool", _IR)
+        _entry.append(_ENTRY(jit.load_function(
+            key, lambda: _IR.replace("ENTRY_NAME", jit.PLACEHOLDER), title="spin pool")))
+    entry = _entry[0]
     return _WORKER(entry(0)), _RUN(entry(1)), _STOP(entry(2))
+
+
+_prefetching = []
+
+
+def prefetch(*more) -> None:
+    """Load (on a cold cache: compile) the pool's code and ``more`` loaders on a background
+    thread, once: plans that may split call this when they are made, so the first split
+    (never the first call: TwoWays starts with one thread) finds the code ready."""
+    if _prefetching or not _supported():
+        return
+    _prefetching.append(True)
+
+    def load():
+        try:
+            _functions()
+            kernel_slice()
+            for f in more:
+                f()
+        except Exception:           # the first split will raise it where it can be reported
+            pass
+    threading.Thread(target=load, name="graphc-spinpool", daemon=True).start()
 
 
 class SpinPool:
@@ -306,7 +333,7 @@ class TwoWays:
         cost = self.cost
         self.calls += 1
         if not cost[0] or not cost[1]:
-            return not cost[1]
+            return bool(cost[0])        # one thread first: the first call compiles no pool
         faster = cost[1] < cost[0]
         return not faster if self.calls % self.EXPLORE == 0 else faster
 
@@ -367,6 +394,7 @@ class KernelSplit:
         self.args = np.zeros(5 + n_operands, np.int64)
         self.args[:5] = (fn_addr, n0, self.slices, meta_ptr, n_operands)
         self.ways = TwoWays()
+        prefetch()
 
     def run(self, fn, n0, meta_ptr, args) -> None:
         split = self.ways.split()
