@@ -436,7 +436,11 @@ def usable(n_operands: int) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _supported() -> bool:
+    """x86-64 Linux (the futex call and pause instruction above), unless turned off with
+    $GRAPHC_SPIN_POOL=0 (no spinning threads: every such loop runs on its caller)."""
     import platform
+    if os.environ.get("GRAPHC_SPIN_POOL", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
     return platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
 
 
