@@ -288,3 +288,32 @@ def test_heavy_kernel_split_over_spin_pool():
     plans = [p for n in fused for p in compile_kernel(n.op.to_kernel_spec())._plans.values()]
     splits = [p.split for p in plans if p.split is not None]
     assert splits and all(s.ways.cost[0] > 0 and s.ways.cost[1] > 0 for s in splits)
+
+
+def test_spin_pool_concurrent_callers():
+    """Two Python threads splitting products at once: one runs on the pool, the other on its
+    own thread (the pool takes one caller at a time); every result is right."""
+    import threading
+    from graphc.backend.llvm.packgemm import PackedProduct
+    rng = np.random.default_rng(5)
+    a = _f32(rng.standard_normal((32, 128)))
+    w = _f32(rng.standard_normal((128, 256)))
+    bp, ref = pack_weights(w, False), a @ w
+    errors = []
+
+    def work():
+        pp = PackedProduct()
+        pp.ways.cost = [2.0, 1.0]           # always try the split
+        pp.ways.calls = 1
+        out = np.empty((32, 256), np.float32)
+        for _ in range(300):
+            out[...] = np.nan
+            pp(a, bp, 256, out, 2)
+            if not np.allclose(out, ref, rtol=1e-4, atol=1e-4):
+                errors.append(float(np.nanmax(np.abs(out - ref))))
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

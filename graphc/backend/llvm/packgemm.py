@@ -210,8 +210,8 @@ class PackedProduct:
             slices = 2 * t          # a late worker leaves whole slices to the others
             d[:] = (slices, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
                     out.ctypes.data, ldc, n)
-            pool.run(_load(True), d.ctypes.data, slices)
-        else:
+            split = pool.run(_load(True), d.ctypes.data, slices)
+        if not split:
             _load(False)(0, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
                          out.ctypes.data, ldc, n)
         self.ways.record(split, perf_counter() - start)

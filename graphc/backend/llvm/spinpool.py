@@ -301,9 +301,18 @@ class SpinPool:
         for t in self.threads:
             t.start()
         self.closed = False
+        self._busy = threading.Lock()
 
-    def run(self, fn: int, data: int, slices: int) -> None:
-        self._run(self.addr, fn, data, slices)
+    def run(self, fn: int, data: int, slices: int) -> bool:
+        """Run the region; False (nothing run) while another thread is running one on this
+        pool: the protocol has one caller at a time, so that caller runs its work alone."""
+        if not self._busy.acquire(blocking=False):
+            return False
+        try:
+            self._run(self.addr, fn, data, slices)
+        finally:
+            self._busy.release()
+        return True
 
     def close(self) -> None:
         if not self.closed:
@@ -400,13 +409,14 @@ class KernelSplit:
         split = self.ways.split()
         pool = get_pool(self.threads) if split else None
         start = perf_counter()
-        if pool is None:
-            fn(0, n0, 0, meta_ptr, *args)
-        else:
+        ran = False
+        if pool is not None:
             d = self.args
             d[5:] = args
-            pool.run(kernel_slice(), d.ctypes.data, self.slices)
-        self.ways.record(pool is not None, perf_counter() - start)
+            ran = pool.run(kernel_slice(), d.ctypes.data, self.slices)
+        if not ran:
+            fn(0, n0, 0, meta_ptr, *args)
+        self.ways.record(ran, perf_counter() - start)
 
 
 _pool = {"pid": None, "pool": None}
