@@ -158,6 +158,18 @@ class Plan:
         self._run_parallel(args, inputs, outputs)
 
     def _run_parallel(self, args, inputs, outputs):
+        big = self.split
+        if big is not None:                 # the native pool, dynamic slices
+            partials = None
+            if self.combine is not None:
+                partials = np.empty(big.slices, self.partials)
+                a = args[:-1] + [id(partials) if PYOBJ else partials.ctypes.data]
+            else:
+                a = args
+            if big.run_split(a):
+                if partials is not None:
+                    outputs[0][...] = self.combine(partials)
+                return
         partials = None
         if self.combine is not None:        # full reduction: one partial result per thread
             partials = np.empty(len(self.chunks), self.partials)
@@ -387,6 +399,12 @@ class Kernel:
                 acc_np = _NP_DTYPES[acc.name]
                 plan.combine = lambda p, u=ufunc, a=acc_np, o=self.out_np[0]: \
                     u.reduce(p.astype(a)).astype(o)
+            if spinpool.usable(len(strides)):
+                # run on the native pool, in more slices than threads (see KernelSplit)
+                shift = np.dtype(plan.partials).itemsize if plan.combine is not None else 0
+                plan.split = spinpool.KernelSplit(
+                    ctypes.cast(plan.fn, ctypes.c_void_p).value, plan.n0, plan.meta_ptr,
+                    len(strides), k, slices=4 * k, shift=shift)
         elif threads > 1 and mode == "map" and plan.n0 > 1 and \
                 total * self.cost >= SPLIT_MIN_WORK and spinpool.usable(len(strides)):
             # below the thread-pool size but heavy (a scan step's gate math): the native

@@ -356,29 +356,31 @@ MAX_OPERANDS = 16          # as pycall.MAX_OPERANDS: more run on one thread
 
 
 def _kernel_slice_ir() -> str:
-    """``slice(d, s)`` for the pool: d = int64 [kernel, n0, slices, meta, operands,
-    op_0, ..., op_{K-1}] runs ``kernel(lo, hi, 0, meta, op_0, ...)`` over slice s of the
-    kernel's split loop [0, n0) (the entry point ABI of codegen.py)."""
+    """``slice(d, s)`` for the pool: d = int64 [kernel, n0, slices, meta, operands, shift,
+    op_0, ..., op_{K-1}] runs ``kernel(lo, hi, s * shift, meta, op_0, ...)`` over slice s of
+    the kernel's split loop [0, n0) (the entry point ABI of codegen.py: a full reduction
+    writes slice s's partial result ``s * shift`` bytes after the output pointer)."""
     lines = ["define void @ENTRY_NAME(ptr %d, i64 %s) {", "entry:"]
-    for i, name in enumerate(("fi", "n0", "slices", "meta", "nops")):
+    for i, name in enumerate(("fi", "n0", "slices", "meta", "nops", "shift")):
         lines += [f"  %p{name} = getelementptr inbounds i64, ptr %d, i64 {i}",
                   f"  %{name} = load i64, ptr %p{name}, align 8"]
-    lines += ["  %fn = inttoptr i64 %fi to ptr",
+    lines += ["  %fn = inttoptr i64 %fi to ptr", "  %out = mul i64 %s, %shift",
               "  %a = mul i64 %s, %n0", "  %lo = sdiv i64 %a, %slices",
               "  %s1 = add i64 %s, 1", "  %b = mul i64 %s1, %n0", "  %hi = sdiv i64 %b, %slices"]
     for k in range(MAX_OPERANDS):
-        lines += [f"  %pop{k} = getelementptr inbounds i64, ptr %d, i64 {5 + k}",
+        lines += [f"  %pop{k} = getelementptr inbounds i64, ptr %d, i64 {_OPS + k}",
                   f"  %op{k} = load i64, ptr %pop{k}, align 8"]
     cases = " ".join(f"i64 {n}, label %call{n}" for n in range(1, MAX_OPERANDS + 1))
     lines.append(f"  switch i64 %nops, label %done [ {cases} ]")
     for n in range(1, MAX_OPERANDS + 1):
         ops = "".join(f", i64 %op{k}" for k in range(n))
-        lines += [f"call{n}:", f"  call void %fn(i64 %lo, i64 %hi, i64 0, i64 %meta{ops})",
+        lines += [f"call{n}:", f"  call void %fn(i64 %lo, i64 %hi, i64 %out, i64 %meta{ops})",
                   "  br label %done"]
     lines += ["done:", "  ret void", "}"]
     return "\n".join(lines)
 
 
+_OPS = 6                    # index of the first operand in a kernel slice's data
 _slice_addr = []
 
 
@@ -393,15 +395,24 @@ def kernel_slice() -> int:
 
 
 class KernelSplit:
-    """Runs a plan's kernel over its split loop on one thread or on the pool (TwoWays)."""
+    """A plan's kernel over its split loop on the pool.
+
+    ``run``: small heavy loops, on one thread or split, whichever has been faster
+    (TwoWays). ``run_split``: loops big enough for the kernel threads, always split, into
+    ``slices`` pieces claimed dynamically, so a worker that does not get a core leaves its
+    share to the others instead of holding up the call (Python's pool gives each thread one
+    fixed chunk and waits for all). ``shift``: bytes between the partial results of slices
+    (full reductions), else 0."""
 
     __slots__ = ("args", "ways", "threads", "slices")
 
-    def __init__(self, fn_addr: int, n0: int, meta_ptr: int, n_operands: int, threads: int):
+    def __init__(self, fn_addr: int, n0: int, meta_ptr: int, n_operands: int, threads: int,
+                 slices: int = 0, shift: int = 0):
         self.threads = threads
-        self.slices = min(n0, 2 * threads)      # a late worker leaves whole slices to others
-        self.args = np.zeros(5 + n_operands, np.int64)
-        self.args[:5] = (fn_addr, n0, self.slices, meta_ptr, n_operands)
+        # by default two slices per thread: a late worker leaves whole slices to others
+        self.slices = min(n0, slices or 2 * threads)
+        self.args = np.zeros(_OPS + n_operands, np.int64)
+        self.args[:_OPS] = (fn_addr, n0, self.slices, meta_ptr, n_operands, shift)
         self.ways = TwoWays()
         prefetch()
 
@@ -412,11 +423,21 @@ class KernelSplit:
         ran = False
         if pool is not None:
             d = self.args
-            d[5:] = args
+            d[_OPS:] = args
             ran = pool.run(kernel_slice(), d.ctypes.data, self.slices)
         if not ran:
             fn(0, n0, 0, meta_ptr, *args)
         self.ways.record(ran, perf_counter() - start)
+
+    def run_split(self, args) -> bool:
+        """All slices on the pool; False (nothing run) when the pool is unavailable or busy
+        with another thread's call."""
+        pool = get_pool(self.threads)
+        if pool is None:
+            return False
+        d = self.args
+        d[_OPS:] = args
+        return pool.run(kernel_slice(), d.ctypes.data, self.slices)
 
 
 _pool = {"pid": None, "pool": None}
