@@ -181,7 +181,6 @@ class PackedProduct:
     MIN_PANELS_PER_THREAD = 4
 
     def __init__(self):
-        self.args = np.zeros(10, np.int64)
         self.ways = TwoWays()
         prefetch(lambda: _load(True))
 
@@ -206,10 +205,9 @@ class PackedProduct:
         split = self.ways.split()
         start = perf_counter()
         if split:
-            d = self.args
             slices = 2 * t          # a late worker leaves whole slices to the others
-            d[:] = (slices, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
-                    out.ctypes.data, ldc, n)
+            d = np.array((slices, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
+                          out.ctypes.data, ldc, n), np.int64)
             split = pool.run(_load(True), d.ctypes.data, slices)
         if not split:
             _load(False)(0, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,

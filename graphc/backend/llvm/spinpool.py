@@ -404,15 +404,14 @@ class KernelSplit:
     fixed chunk and waits for all). ``shift``: bytes between the partial results of slices
     (full reductions), else 0."""
 
-    __slots__ = ("args", "ways", "threads", "slices")
+    __slots__ = ("head", "ways", "threads", "slices")
 
     def __init__(self, fn_addr: int, n0: int, meta_ptr: int, n_operands: int, threads: int,
                  slices: int = 0, shift: int = 0):
         self.threads = threads
         # by default two slices per thread: a late worker leaves whole slices to others
         self.slices = min(n0, slices or 2 * threads)
-        self.args = np.zeros(_OPS + n_operands, np.int64)
-        self.args[:_OPS] = (fn_addr, n0, self.slices, meta_ptr, n_operands, shift)
+        self.head = [fn_addr, n0, self.slices, meta_ptr, n_operands, shift]
         self.ways = TwoWays()
         prefetch()
 
@@ -422,8 +421,8 @@ class KernelSplit:
         start = perf_counter()
         ran = False
         if pool is not None:
-            d = self.args
-            d[_OPS:] = args
+            # a fresh block per call: a plan may be shared by functions on other threads
+            d = np.array(self.head + args, np.int64)
             ran = pool.run(kernel_slice(), d.ctypes.data, self.slices)
         if not ran:
             fn(0, n0, 0, meta_ptr, *args)
@@ -435,8 +434,7 @@ class KernelSplit:
         pool = get_pool(self.threads)
         if pool is None:
             return False
-        d = self.args
-        d[_OPS:] = args
+        d = np.array(self.head + args, np.int64)
         return pool.run(kernel_slice(), d.ctypes.data, self.slices)
 
 
