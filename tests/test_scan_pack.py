@@ -317,3 +317,36 @@ def test_spin_pool_concurrent_callers():
     for t in threads:
         t.join()
     assert not errors
+
+
+# ------------------------------------------------------------------ products split by columns
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_split_gemm_matches_numpy(dtype, ta, tb):
+    """blas_split runs a large product as column slices of numpy's CBLAS gemm on the spin
+    pool (or as one call, whichever has been faster): both ways, every transpose, with and
+    without beta, an N that is not a multiple of the slice unit."""
+    from graphc.backend.llvm import blas, blas_split
+    if blas.numpy_cblas_gemm(np.dtype(dtype)) is None:
+        pytest.skip("numpy's CBLAS not found")
+    rng = np.random.default_rng(6)
+    m, k, n = 96, 160, 300                     # m*n*k above blas_split.MIN_WORK
+    assert m * n * k >= blas_split.MIN_WORK
+    A = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    B = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    a, b = (A.T if ta else A), (B.T if tb else B)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    ref = 0.5 * a.astype(np.float64) @ b.astype(np.float64) + 0.25 * c0
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    blas_split._ways.clear()
+    for _ in range(6):                         # the first calls try both ways
+        c = c0.copy()
+        assert blas.gemm_into(a, b, 0.5, 0.25, c)
+        np.testing.assert_allclose(c, ref, rtol=tol, atol=tol * 10)
+        c = np.full((m, n), np.nan, dtype)
+        assert blas.gemm_into(a, b, 1.0, 0.0, c)
+        np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=tol, atol=tol * 10)
+    from graphc.backend.llvm.kernel import num_threads
+    from graphc.backend.llvm.spinpool import usable
+    if num_threads() > 1 and usable(1) and blas._numpy_blas_threads() is not None:
+        assert all(w.cost[0] > 0 and w.cost[1] > 0 for w in blas_split._ways.values())

@@ -231,6 +231,7 @@ def numpy_cblas_gemm(dtype):
 # The count is process-wide: it is set to 1 around the one call and restored after it (a
 # product another Python thread starts meanwhile may run on one thread too).
 SMALL_PRODUCT = 1 << 24                  # m * n * k (multiply-adds)
+SPLIT_MIN = 1 << 22                      # products from which blas_split may take over
 step_loops = [0]                         # scan loops running (see in_step_loop)
 _threads_fns: dict = {}
 
@@ -305,6 +306,13 @@ def gemm_into(a, b, alpha, beta, c) -> bool:
     ldc = max(1, n if m == 1 else c.strides[0] // item)
     args = (_ROW_MAJOR, va[0], vb[0], m, n, k, alpha, a.ctypes.data, va[1], b.ctypes.data,
             vb[1], beta, c.ctypes.data, ldc)
+    if not step_loops[0] and m * n * k >= SPLIT_MIN:
+        # large products outside step loops: split by columns over graphc's own threads
+        # when that has been faster than OpenBLAS's threads (blas_split.py)
+        from .blas_split import split_gemm
+        from .kernel import num_threads
+        if split_gemm(fn, args, _numpy_blas_threads(), num_threads()):
+            return True
     threads = _numpy_blas_threads() if step_loops[0] and m * n * k <= SMALL_PRODUCT else None
     if threads is None:
         fn(*args)

@@ -328,7 +328,8 @@ class TwoWays:
     on the machine more than on the work: on the idle 2-core development machine a split
     took ~60% of the one-thread time; with more runnable threads than cores a split waits for
     a worker sharing its caller's core and took up to 2-3x as long (load 2.5-3). Every
-    EXPLORE-th call runs the other way, so a change of load is noticed within a few calls."""
+    EXPLORE-th call (up to 8x less often when the other way was that much slower) runs the
+    other way, so a change of load is noticed within a few calls."""
 
     __slots__ = ("cost", "calls")
     EXPLORE = 16
@@ -344,7 +345,9 @@ class TwoWays:
         if not cost[0] or not cost[1]:
             return bool(cost[0])        # one thread first: the first call compiles no pool
         faster = cost[1] < cost[0]
-        return not faster if self.calls % self.EXPLORE == 0 else faster
+        # the other way is tried less often the slower it was (at most 8x less often)
+        every = self.EXPLORE * min(8, max(1, int(max(cost) / min(cost))))
+        return not faster if self.calls % every == 0 else faster
 
     def record(self, split: bool, seconds: float) -> None:
         i = int(split)
