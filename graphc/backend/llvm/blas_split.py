@@ -39,7 +39,6 @@ _FIELDS = ("fn", "slices", "order", "ta", "tb", "m", "n", "k", "alpha", "a", "ld
 
 def _gemm_slice_ir(real: str, bits: int) -> str:
     """IR text of gemm_slice for ``real`` ('float' or 'double') and ``bits``-wide ints."""
-    it = f"i{bits}"
     lines = ["define void @ENTRY_NAME(ptr %d, i64 %s) {", "entry:"]
     for i, name in enumerate(_FIELDS):
         lines += [f"  %p{name} = getelementptr inbounds i64, ptr %d, i64 {i}",
