@@ -1,7 +1,7 @@
 """Packed weights for a loop's products (graphc/scan_module/pack.py, graphc/tensor/packed.py,
-graphc/backend/llvm/packgemm.py, graphc/backend/llvm/spinpool.py): the kernel against numpy
-on every edge of its blocking, the spin pool, the ops, and the scan_pack rewrite's graphs
-and results."""
+graphc/backend/llvm/packgemm.py): the kernel against numpy on every edge of its blocking, the
+ops, and the scan_pack rewrite's graphs and results (the spin pool it runs on:
+tests/backend/test_spinpool.py)."""
 
 import numpy as np
 import pytest
