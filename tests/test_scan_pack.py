@@ -64,8 +64,18 @@ def test_packed_ops_errors():
 
 
 # ------------------------------------------------------------------ the native kernel
+def _pool_code():
+    """Load the code a split needs now (else it is prefetched and splits wait for it)."""
+    from graphc.backend.llvm import packgemm, spinpool
+    if spinpool.usable(1):
+        spinpool._functions()
+        spinpool.kernel_slice()
+        packgemm._load(True)
+
+
 def _product(m, k, n, trans, split, threads=2, seed=0):
     from graphc.backend.llvm.packgemm import PackedProduct
+    _pool_code()
     rng = np.random.default_rng(seed)
     a = _f32(rng.standard_normal((m, k)))
     w = _f32(rng.standard_normal((n, k) if trans else (k, n)))
@@ -120,6 +130,7 @@ def test_packed_product_adapts():
     a = _f32(rng.standard_normal((8, 64)))
     bp = pack_weights(_f32(rng.standard_normal((64, 128))), False)
     out = np.empty((8, 128), np.float32)
+    _pool_code()
     pp = PackedProduct()
     for _ in range(40):
         pp(a, bp, 128, out, 2)

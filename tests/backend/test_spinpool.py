@@ -17,6 +17,16 @@ def _f32(a):
     return np.asarray(a, dtype=np.float32)
 
 
+@pytest.fixture(autouse=True)
+def pool_code_loaded():
+    """Splits wait for the pool's code, loaded in the background (spinpool.prefetch): load
+    it now, so the tests see both ways from their first calls."""
+    from graphc.backend.llvm import spinpool
+    if spinpool.usable(1):
+        spinpool._functions()
+        spinpool.kernel_slice()
+
+
 # ------------------------------------------------------------------ the spin pool
 def _counter_region():
     from graphc.backend.llvm import jit
@@ -105,7 +115,8 @@ def test_spin_pool_concurrent_callers():
     """Two Python threads splitting products at once: one runs on the pool, the other on its
     own thread (the pool takes one caller at a time); every result is right."""
     import threading
-    from graphc.backend.llvm.packgemm import PackedProduct
+    from graphc.backend.llvm.packgemm import PackedProduct, _load
+    _load(True)
     rng = np.random.default_rng(5)
     a = _f32(rng.standard_normal((32, 128)))
     w = _f32(rng.standard_normal((128, 256)))
@@ -150,6 +161,9 @@ def test_split_gemm_matches_numpy(dtype, ta, tb):
     ref = 0.5 * a.astype(np.float64) @ b.astype(np.float64) + 0.25 * c0
     tol = 1e-4 if dtype == "float32" else 1e-10
     blas_split._ways.clear()
+    blas_split._slice_fn("float" if dtype == "float32" else "double",
+                         64 if blas.numpy_cblas_gemm(np.dtype(dtype)).argtypes[3] is
+                         __import__("ctypes").c_int64 else 32)
     for _ in range(6):                         # the first calls try both ways
         c = c0.copy()
         assert blas.gemm_into(a, b, 0.5, 0.25, c)

@@ -28,7 +28,7 @@ from time import perf_counter
 import numpy as np
 
 from . import jit
-from .spinpool import TwoWays, get_pool, prefetch
+from .spinpool import TwoWays, get_pool, prefetch, ready, usable
 
 UNIT = 16                   # columns per slice boundary (whole vectors for the kernels)
 SLICES_PER_THREAD = 2
@@ -104,7 +104,8 @@ def split_gemm(fn, args, threads_fns, threads: int) -> bool:
     them) split by columns over the spin pool when that has been the faster way for this
     signature; False (nothing run) when the caller should make the call itself."""
     order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc = args
-    if threads < 2 or threads_fns is None or m * n * k < MIN_WORK or n < 2 * UNIT:
+    if threads < 2 or threads_fns is None or m * n * k < MIN_WORK or n < 2 * UNIT or \
+            not usable(1):
         return False
     real = "float" if fn.argtypes[6] is ctypes.c_float else "double"
     bits = 64 if fn.argtypes[3] is ctypes.c_int64 else 32
@@ -114,8 +115,8 @@ def split_gemm(fn, args, threads_fns, threads: int) -> bool:
         if len(_ways) > 256:
             _ways.clear()
         ways = _ways[key] = TwoWays()
-        prefetch(lambda: _slice_fn(real, bits))
-    split = ways.split()
+        prefetch(f"gemm-{real}-{bits}", lambda: _slice_fn(real, bits))
+    split = ways.split() and ready() and (real, bits) in _slices
     pool = get_pool(threads) if split else None
     start = perf_counter()
     ran = False

@@ -36,7 +36,7 @@ from graphc.tensor.packed import PANEL
 
 from . import jit
 from .codegen import emit_for
-from .spinpool import TwoWays, get_pool, prefetch
+from .spinpool import TwoWays, get_pool, prefetch, ready, usable
 
 F32 = ir.FloatType()
 I32 = ir.IntType(32)
@@ -182,7 +182,7 @@ class PackedProduct:
 
     def __init__(self):
         self.ways = TwoWays()
-        prefetch(lambda: _load(True))
+        prefetch("packgemm", lambda: _load(True))
 
     def __call__(self, a, bp, n, out, threads):
         if not _row_major(a):
@@ -197,18 +197,18 @@ class PackedProduct:
             out[...] = 0
             return out
         t = min(threads, panels // self.MIN_PANELS_PER_THREAD)
-        pool = get_pool(t) if t > 1 else None
-        if pool is None:
+        if t < 2 or not usable(1):
             _load(False)(0, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
                          out.ctypes.data, ldc, n)
             return out
-        split = self.ways.split()
+        # split only once the pool's code is loaded (prefetched in the background)
+        split = self.ways.split() and ready() and True in _fns
         start = perf_counter()
         if split:
             slices = 2 * t          # a late worker leaves whole slices to the others
             d = np.array((slices, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
                           out.ctypes.data, ldc, n), np.int64)
-            split = pool.run(_load(True), d.ctypes.data, slices)
+            split = get_pool(t).run(_load(True), d.ctypes.data, slices)
         if not split:
             _load(False)(0, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
                          out.ctypes.data, ldc, n)

@@ -259,26 +259,32 @@ def _functions():
     return _WORKER(entry(0)), _RUN(entry(1)), _STOP(entry(2))
 
 
-_prefetching = []
+_requested: set = set()
 
 
-def prefetch(*more) -> None:
-    """Load (on a cold cache: compile) the pool's code and ``more`` loaders on a background
-    thread, once: plans that may split call this when they are made, so the first split
-    (never the first call: TwoWays starts with one thread) finds the code ready."""
-    if _prefetching or not _supported():
+def prefetch(name: str = "pool", loader=None) -> None:
+    """Load (on a cold cache: compile) the pool's code, and ``loader`` (another region
+    function, under ``name``), on a background thread, once per name. Plans that may split
+    call this when they are made; until the code is loaded (``ready``) they run on one
+    thread, so no call waits for a compile it could do without."""
+    if name in _requested or not _supported():
         return
-    _prefetching.append(True)
+    _requested.add(name)
 
     def load():
         try:
             _functions()
             kernel_slice()
-            for f in more:
-                f()
-        except Exception:           # the first split will raise it where it can be reported
+            if loader is not None:
+                loader()
+        except Exception:           # a later synchronous load reports it
             pass
     threading.Thread(target=load, name="graphc-spinpool", daemon=True).start()
+
+
+def ready() -> bool:
+    """Whether the pool's code and the kernel slice are loaded in this process."""
+    return bool(_entry) and bool(_slice_addr)
 
 
 class SpinPool:
@@ -420,7 +426,7 @@ class KernelSplit:
 
     def run(self, fn, n0, meta_ptr, args) -> None:
         split = self.ways.split()
-        pool = get_pool(self.threads) if split else None
+        pool = get_pool(self.threads) if split and ready() else None
         start = perf_counter()
         ran = False
         if pool is not None:
@@ -433,7 +439,10 @@ class KernelSplit:
 
     def run_split(self, args) -> bool:
         """All slices on the pool; False (nothing run) when the pool is unavailable or busy
-        with another thread's call."""
+        with another thread's call, or its code is still being loaded (prefetch)."""
+        if not ready():
+            prefetch()
+            return False
         pool = get_pool(self.threads)
         if pool is None:
             return False
