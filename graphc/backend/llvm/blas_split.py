@@ -107,8 +107,11 @@ def split_gemm(fn, args, threads_fns, threads: int) -> bool:
     if threads < 2 or threads_fns is None or m * n * k < MIN_WORK or n < 2 * UNIT or \
             not usable(1):
         return False
-    real = "float" if fn.argtypes[6] is ctypes.c_float else "double"
-    bits = 64 if fn.argtypes[3] is ctypes.c_int64 else 32
+    types = getattr(fn, "argtypes", None)
+    if not types:                   # not a ctypes function: nothing to call natively
+        return False
+    real = "float" if types[6] is ctypes.c_float else "double"
+    bits = 64 if types[3] is ctypes.c_int64 else 32
     key = (real, ta, tb, m, n, k)
     ways = _ways.get(key)
     if ways is None:
