@@ -31,7 +31,8 @@ from graphc.backend.kernel_spec import KernelSpec
 from graphc.link.llvm import STEP_MAKERS, _Buffers
 from graphc.tensor.nnet.conv import (Conv2d, Conv2dGradInputs, Conv2dGradWeights,
                                      conv2d_forward, conv2d_grad_inputs, conv2d_grad_weights)
-from graphc.tensor.nnet.xent import SoftmaxCrossentropy, SoftmaxCrossentropyGrad
+from graphc.tensor.nnet.xent import (SoftmaxCrossentropy, SoftmaxCrossentropyGrad,
+                                     SoftmaxCrossentropyWithGrad)
 from graphc.tensor.signal.pool import MaxPoolGrad, Pool
 
 _FLOATS = ("float32", "float64")
@@ -79,32 +80,47 @@ def _xent_step(node, ins, outs, reuse):
         return None
     if dt == "float32":
         return _xent_rows_step(node, ins, outs, reuse)
-    k_max, k_exp, k_sum, k_div = (_kernel(s) for s in _xent_specs(dt, op.has_bias))
-    npdt = np.dtype(dt)
+    exps = _Exps(dt, op.has_bias)
     bufs = _Buffers(2, reuse)
-    scratch = {}
-
-    def work(key, shape):
-        a = scratch.get(key)
-        if a is None or a.shape != shape:
-            a = scratch[key] = np.empty(shape, npdt)
-        return a
+    k_div = exps.k_div
 
     def step():
         vals = _xent_inputs(node, ins, outs)
         if vals is None:
             return
-        x = vals[0]
-        n, k = x.shape
-        zs = [x, vals[1][None, :]] if op.has_bias else [x]
-        m, total, e = work("m", (n,)), work("s", (n,)), work("e", (n, k))
-        k_max(zs, [m])
-        k_exp(zs + [m[:, None]], [e])
-        k_sum([e], [total])
-        sm = bufs.get(1, (n, k), npdt)
+        m, total, e = exps(vals)
+        sm = bufs.get(1, e.shape, exps.dtype)
         k_div([e, total[:, None]], [sm])
         outs[0][0], outs[1][0] = _nll(op, vals, m, total, bufs), sm
     return step
+
+
+class _Exps:
+    """The float64 softmax up to its last step: ``(m, total, e)`` = row maxima, row sums
+    of e = exp(z - m), and e, from the first three kernels of _xent_specs, into scratch
+    arrays kept across calls; k_div (e / total) is the fourth kernel."""
+
+    def __init__(self, dt, bias):
+        self.k_max, self.k_exp, self.k_sum, self.k_div = (_kernel(s) for s in _xent_specs(dt, bias))
+        self.dtype = np.dtype(dt)
+        self.bias = bias
+        self.scratch = {}
+
+    def work(self, key, shape):
+        a = self.scratch.get(key)
+        if a is None or a.shape != shape:
+            a = self.scratch[key] = np.empty(shape, self.dtype)
+        return a
+
+    def __call__(self, vals):
+        x = vals[0]
+        n, k = x.shape
+        zs = [x, vals[1][None, :]] if self.bias else [x]
+        m, total, e = self.work("m", (n,)), self.work("s", (n,)), self.work("e", (n, k))
+        self.k_max(zs, [m])
+        self.k_exp(zs + [m[:, None]], [e])
+        self.k_sum([e], [total])
+        return m, total, e
 
 
 def _nll(op, vals, m, total, bufs):
@@ -121,7 +137,7 @@ def _nll(op, vals, m, total, bufs):
 
 # float32 softmax rows: one native call per row block (graphc/backend/llvm/softmax.py)
 _P, _L = ctypes.c_void_p, ctypes.c_int64
-_SOFTMAX_PROTO = ctypes.CFUNCTYPE(None, _L, _L, _L, _P, _L, _P, _P, _L, _P, _P)
+_SOFTMAX_PROTO = ctypes.CFUNCTYPE(None, _L, _L, _L, _P, _L, _P, _P, _L, _P, _P, _P, _L)
 _ROWS_PARALLEL_MIN = 1 << 15      # elements from which rows split across threads (exp-bound)
 
 
@@ -155,11 +171,15 @@ def _unit_columns(a):
 
 
 def _xent_rows_step(node, ins, outs, reuse):
+    """float32 SoftmaxCrossentropy (nll, softmax) or SoftmaxCrossentropyWithGrad (nll, dx)
+    through the row kernel of graphc/backend/llvm/softmax.py."""
     from graphc.backend.llvm.softmax import load_softmax_rows
-    op: SoftmaxCrossentropy = node.op
-    fn = _SOFTMAX_PROTO(load_softmax_rows(op.has_bias))
+    op = node.op
+    grad = isinstance(op, SoftmaxCrossentropyWithGrad)
+    fn = _SOFTMAX_PROTO(load_softmax_rows(op.has_bias, grad))
     f32 = np.dtype(np.float32)
     bufs = _Buffers(2, reuse)
+    nlab = -2 if grad else -1
 
     def step():
         vals = _xent_inputs(node, ins, outs)
@@ -169,12 +189,17 @@ def _xent_rows_step(node, ins, outs, reuse):
         n, k = x.shape
         xc = _unit_columns(x)
         b = np.ascontiguousarray(vals[1], f32) if op.has_bias else None
-        labels = np.ascontiguousarray(vals[-1], np.int64)     # (checked: in [-k, k))
-        nll, sm = bufs.get(0, (n,), f32), bufs.get(1, (n, k), f32)
+        labels = np.ascontiguousarray(vals[nlab], np.int64)     # (checked: in [-k, k))
+        nll, out = bufs.get(0, (n,), f32), bufs.get(1, (n, k), f32)
+        if grad:
+            dnll = np.ascontiguousarray(vals[-1], f32)
+            d, sd = dnll.ctypes.data, int(dnll.shape[0] != 1)  # length 1: broadcast
+        else:
+            d, sd = None, 0
         _run_rows(fn, n, k, xc.ctypes.data, xc.strides[0] // 4,
-                  None if b is None else b.ctypes.data, sm.ctypes.data, k,
-                  labels.ctypes.data, nll.ctypes.data)
-        outs[0][0], outs[1][0] = nll, sm
+                  None if b is None else b.ctypes.data, out.ctypes.data, k,
+                  labels.ctypes.data, nll.ctypes.data, d, sd)
+        outs[0][0], outs[1][0] = nll, out
     return step
 
 
@@ -198,6 +223,33 @@ def _xent_grad_step(node, ins, outs, reuse):
         rows = np.arange(sm.shape[0])
         dx[rows, y] -= dnll if dnll.shape[0] == sm.shape[0] else dnll[0]
         outs[0][0] = dx
+    return step
+
+
+def _xent_with_grad_step(node, ins, outs, reuse):
+    """SoftmaxCrossentropyWithGrad: float32 runs the row kernel writing dx instead of the
+    softmax (the softmax row is made once, in cache); float64 the kernels of _Exps, then
+    dx = e * (dnll / sum) in numpy and the n label entries."""
+    op: SoftmaxCrossentropyWithGrad = node.op
+    dt = node.outputs[0].dtype
+    if dt not in _FLOATS or node.inputs[0].dtype != dt:
+        return None
+    if dt == "float32":
+        return _xent_rows_step(node, ins, outs, reuse)
+    exps = _Exps(dt, op.has_bias)
+    bufs = _Buffers(2, reuse)
+
+    def step():
+        vals = _xent_inputs(node, ins, outs)
+        if vals is None:
+            return
+        m, total, e = exps(vals)
+        dnll, y = vals[-1], vals[-2]
+        dx = bufs.get(1, e.shape, exps.dtype)
+        with np.errstate(invalid="ignore"):     # inf / inf in a row of non-finite logits
+            np.multiply(e, (dnll / total)[:, None], out=dx)
+        dx[np.arange(e.shape[0]), y] -= dnll
+        outs[0][0], outs[1][0] = _nll(op, vals[:-1], m, total, bufs), dx
     return step
 
 
@@ -505,6 +557,7 @@ def _max_pool_grad_step(node, ins, outs, reuse):
 STEP_MAKERS.update({
     SoftmaxCrossentropy: _xent_step,
     SoftmaxCrossentropyGrad: _xent_grad_step,
+    SoftmaxCrossentropyWithGrad: _xent_with_grad_step,
     Conv2d: _conv_step(conv2d_forward, _conv_out),
     Conv2dGradInputs: _conv_step(conv2d_grad_inputs, _grad_inputs_out),
     Conv2dGradWeights: _conv_step(conv2d_grad_weights, _grad_weights_out),

@@ -16,11 +16,12 @@ from graphc.link.llvm import STEP_MAKERS, _PerformStep
 from graphc.link.llvm_ops import _max_grad_spec, _max_spec, _xent_specs
 from graphc.tensor.elemwise import ShapeError
 from graphc.tensor.nnet.conv import conv2d
-from graphc.tensor.nnet.xent import SoftmaxCrossentropy, SoftmaxCrossentropyGrad
+from graphc.tensor.nnet.xent import (SoftmaxCrossentropy, SoftmaxCrossentropyGrad,
+                                     SoftmaxCrossentropyWithGrad)
 from graphc.tensor.signal import pool
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_backends import NATIVE, assert_same, compare  # noqa: E402
+from compare_backends import NATIVE, REFERENCE, assert_same, compare  # noqa: E402
 
 rng = np.random.default_rng(7)
 
@@ -61,7 +62,7 @@ def test_xent_loss_and_grad(dtype, shape):
     yv = rng.integers(0, shape[1], shape[0]).astype(np.int32)
     compare([z, y], outs, [zv, yv], f"xent {dtype} {shape}")
     f = graphc.function([z, y], outs, mode=NATIVE)
-    assert {"SoftmaxCrossentropy", "SoftmaxCrossentropyGrad"} <= native_steps(f)
+    assert "SoftmaxCrossentropyWithGrad" in native_steps(f)    # one op: nll and dx
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -81,6 +82,62 @@ def test_xent_op_outputs_strided_and_negative_labels(bias):
     vals = [xv, rng.standard_normal(11).astype(np.float32), yv] if bias else [xv, yv]
     vals.append(rng.standard_normal(9).astype(np.float32))
     compare(ins, [nll, sm, g], vals, f"xent op bias={bias}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [9, 1])
+def test_xent_with_grad_op(dtype, bias, rows):
+    """The paired op on strided logits, negative labels, int64/int8 labels, a per-row dnll
+    and a broadcast one, against the reference's two ops."""
+    x = T.matrix("x", dtype=dtype)
+    b = T.vector("b", dtype=dtype)
+    y = T.lvector("y")
+    d1 = T.TensorType(dtype, shape=(1,))("d1")         # broadcast: one value for every row
+    dn = T.vector("dn", dtype=dtype)
+    head = [x, b, y] if bias else [x, y]
+    nll, dx1 = SoftmaxCrossentropyWithGrad(bias)(*head, d1)
+    _, dxn = SoftmaxCrossentropyWithGrad(bias)(*head, dn)
+    ref_nll, sm = SoftmaxCrossentropy(bias)(*head)
+    refs = [ref_nll, SoftmaxCrossentropyGrad()(d1, sm, y), SoftmaxCrossentropyGrad()(dn, sm, y)]
+    xv = (3 * rng.standard_normal((rows, 70))).astype(dtype)[:, ::2]     # (rows, 35), strided
+    xv[0, :] = 80.0
+    yv = np.array([0, -1, 34, 3, -35, 5, 5, 1, 2])[:rows]
+    vals = [xv, rng.standard_normal(35).astype(dtype), yv] if bias else [xv, yv]
+    vals += [np.array([0.25], dtype), rng.standard_normal(rows).astype(dtype)]
+    f = graphc.function(head + [d1, dn], [nll, dx1, dxn], mode=NATIVE)
+    r = graphc.function(head + [d1, dn], refs, mode=REFERENCE)
+    for got, want, what in zip(f(*vals), r(*vals), ("nll", "dx broadcast", "dx per row")):
+        assert_same(got, want, f"xent with grad {dtype} bias={bias} rows={rows}: {what}")
+    assert "SoftmaxCrossentropyWithGrad" in native_steps(f)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_xent_with_grad_non_finite_errors_and_empty(dtype):
+    x = T.matrix("x", dtype=dtype)
+    y = T.bvector("y")                                 # int8 labels
+    d = T.vector("d", dtype=dtype)
+    outs = SoftmaxCrossentropyWithGrad()(x, y, d)
+    f = graphc.function([x, y, d], outs, mode=NATIVE)
+    xv = (3 * rng.standard_normal((5, 45))).astype(dtype)
+    xv[0, ::3] = -np.inf
+    xv[1, 40] = np.nan
+    xv[2, 7] = np.inf
+    xv[3, 1:] = -200.0
+    yv = np.array([1, 2, 3, 4, 0], np.int8)
+    dv = np.arange(1, 6).astype(dtype)
+    r = graphc.function([x, y, d], outs, mode=REFERENCE)
+    for got, want in zip(f(xv, yv, dv), r(xv, yv, dv)):
+        assert_same(got, want, f"xent with grad non-finite {dtype}")
+    assert (f(xv, yv, dv)[1][0, ::3] == 0).all()
+    with pytest.raises(ShapeError, match="out of range"):
+        f(xv, np.array([1, 2, 3, 45, 0], np.int8), dv)
+    with pytest.raises(ShapeError, match="dnll length"):
+        f(xv, yv, dv[:3])
+    with pytest.raises(ShapeError, match="dnll length"):
+        f(xv, yv, dv[:1])                              # length 1, but not typed broadcast
+    empty = f(np.zeros((0, 45), dtype), np.zeros(0, np.int8), np.zeros(0, dtype))
+    assert empty[0].shape == (0,) and empty[1].shape == (0, 45)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
