@@ -137,32 +137,35 @@ def _nll(op, vals, m, total, bufs):
 
 # float32 softmax rows: one native call per row block (graphc/backend/llvm/softmax.py)
 _P, _L = ctypes.c_void_p, ctypes.c_int64
-_SOFTMAX_PROTO = ctypes.CFUNCTYPE(None, _L, _L, _L, _P, _L, _P, _P, _L, _P, _P, _P, _L)
-_ROWS_PARALLEL_MIN = 1 << 15      # elements from which rows split across threads (exp-bound)
+_SOFTMAX_PROTO = ctypes.CFUNCTYPE(_L, _L, _L, _L, _P, _L, _P, _P, _L, _P, _P, _P, _L)
+_ROWS_PARALLEL_MIN = 1 << 15      # elements from which col2im channels split across threads
+# elements from which softmax rows split across threads: a (256, 1000) matrix (~150 us on one
+# core) ran slower on two, best of 25 runs included (188 us one thread, 259 us two): the
+# hand-off to the pool thread and waiting for the second core cost more than half the rows
+_SOFTMAX_PARALLEL_MIN = 1 << 20
 
 
 def _in_threads(fn, n, *args):
     """fn(lo, hi, *args) over [0, n) cut into one slice per kernel thread (the backend's
-    pool); fn must release the GIL (a ctypes call, numpy copies) for the slices to overlap."""
+    pool); fn must release the GIL (a ctypes call, numpy copies) for the slices to overlap.
+    Returns the slices' results, in order."""
     from graphc.backend.llvm.kernel import _get_pool, num_threads
     t = min(num_threads(), n)
     if t <= 1:
-        fn(0, n, *args)
-        return
+        return [fn(0, n, *args)]
     cuts = [n * i // t for i in range(t + 1)]
     pool = _get_pool(t - 1)
     futures = [pool.submit(fn, cuts[i], cuts[i + 1], *args) for i in range(1, t)]
-    fn(0, cuts[1], *args)
-    for f in futures:
-        f.result()
+    first = fn(0, cuts[1], *args)
+    return [first] + [f.result() for f in futures]
 
 
 def _run_rows(fn, n, k, *args):
-    """fn(lo, hi, k, *args) over rows [0, n), split across the kernel threads when large."""
-    if n * k >= _ROWS_PARALLEL_MIN:
-        _in_threads(fn, n, k, *args)
-    else:
-        fn(0, n, k, *args)
+    """The sum of fn(lo, hi, k, *args) over rows [0, n), split across the kernel threads
+    when large."""
+    if n * k >= _SOFTMAX_PARALLEL_MIN:
+        return sum(_in_threads(fn, n, k, *args))
+    return fn(0, n, k, *args)
 
 
 def _unit_columns(a):
@@ -172,33 +175,47 @@ def _unit_columns(a):
 
 def _xent_rows_step(node, ins, outs, reuse):
     """float32 SoftmaxCrossentropy (nll, softmax) or SoftmaxCrossentropyWithGrad (nll, dx)
-    through the row kernel of graphc/backend/llvm/softmax.py."""
+    through the row kernel of graphc/backend/llvm/softmax.py. The kernel counts the labels
+    outside [-k, k) (and reads row 0's entry for them): the step then raises the op's error
+    through its check, which also runs first when the sizes do not fit."""
+    from graphc.backend.llvm.kernel import PYOBJ
     from graphc.backend.llvm.softmax import load_softmax_rows
     op = node.op
     grad = isinstance(op, SoftmaxCrossentropyWithGrad)
-    fn = _SOFTMAX_PROTO(load_softmax_rows(op.has_bias, grad))
+    nlab = -2 if grad else -1
+    ltype = np.dtype(np.int32 if node.inputs[nlab].dtype == "int32" else np.int64)
+    fn = _SOFTMAX_PROTO(load_softmax_rows(op.has_bias, grad, 8 * ltype.itemsize, PYOBJ))
+    addr = id if PYOBJ else (lambda a: a.ctypes.data)       # (see codegen.DATA_OFFSET)
     f32 = np.dtype(np.float32)
     bufs = _Buffers(2, reuse)
-    nlab = -2 if grad else -1
+    d_bcast = grad and node.inputs[-1].type.broadcastable[0]
 
     def step():
-        vals = _xent_inputs(node, ins, outs)
-        if vals is None:
+        vals = [c[0] for c in ins]
+        x, y = vals[0], vals[nlab]
+        if x.size == 0:
+            op.perform(node, vals, outs)
             return
-        x = vals[0]
         n, k = x.shape
+        b = vals[1] if op.has_bias else None
+        d = vals[-1] if grad else None
+        if y.shape[0] != n or (b is not None and b.shape[0] != k) or (
+                d is not None and d.shape[0] != n and (d.shape[0] != 1 or not (d_bcast or n == 1))):
+            op.check(node, vals)        # raises the op's error
         xc = _unit_columns(x)
-        b = np.ascontiguousarray(vals[1], f32) if op.has_bias else None
-        labels = np.ascontiguousarray(vals[nlab], np.int64)     # (checked: in [-k, k))
+        if xc.strides[0] % 4:
+            xc = np.ascontiguousarray(xc)
+        if y.dtype != ltype or y.strides[0] != ltype.itemsize:
+            y = np.ascontiguousarray(y, ltype)
         nll, out = bufs.get(0, (n,), f32), bufs.get(1, (n, k), f32)
-        if grad:
-            dnll = np.ascontiguousarray(vals[-1], f32)
-            d, sd = dnll.ctypes.data, int(dnll.shape[0] != 1)  # length 1: broadcast
-        else:
-            d, sd = None, 0
-        _run_rows(fn, n, k, xc.ctypes.data, xc.strides[0] // 4,
-                  None if b is None else b.ctypes.data, out.ctypes.data, k,
-                  labels.ctypes.data, nll.ctypes.data, d, sd)
+        # (the arrays stay referenced here while the kernel reads them)
+        b = None if b is None else np.ascontiguousarray(b, f32)
+        d = None if d is None else np.ascontiguousarray(d, f32)
+        bad = _run_rows(fn, n, k, addr(xc), xc.strides[0] // 4, None if b is None else addr(b),
+                        addr(out), k, addr(y), addr(nll), None if d is None else addr(d),
+                        int(d is not None and d.shape[0] != 1))     # dnll of length 1: broadcast
+        if bad:
+            op.check(node, vals)        # raises: labels out of range
         outs[0][0], outs[1][0] = nll, out
     return step
 

@@ -52,7 +52,7 @@ def test_specs_are_canonical():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(7, 13), (1, 1), (33, 2),
                                    (5, 70),         # float32 rows: vector loops and a tail
-                                   (64, 1000)])     # row blocks on threads
+                                   (64, 1000)])     # long rows (threads: below)
 def test_xent_loss_and_grad(dtype, shape):
     z = T.matrix("z", dtype=dtype)
     y = T.ivector("y")
@@ -155,6 +155,29 @@ def test_xent_masked_and_non_finite_logits(dtype):
     yv = np.array([1, 2, 3, 4, 5, 0], np.int32)
     got = compare([x, y], [nll, sm], [xv, yv], f"xent non-finite {dtype}")
     assert (got[1][0, ::3] == 0).all()
+
+
+def test_xent_row_blocks_on_threads(monkeypatch):
+    """Rows split across two threads (large matrices): values, and a bad label in the
+    second block still raises."""
+    from graphc.backend.llvm import kernel
+    from graphc.link import llvm_ops
+    monkeypatch.setattr(llvm_ops, "_SOFTMAX_PARALLEL_MIN", 1)
+    kernel.set_num_threads(2)
+    try:
+        x, y, d = T.matrix("x", dtype="float32"), T.ivector("y"), T.vector("d", dtype="float32")
+        outs = list(SoftmaxCrossentropyWithGrad()(x, y, d)) + [SoftmaxCrossentropy()(x, y)[1]]
+        f = graphc.function([x, y, d], outs, mode=NATIVE)
+        r = graphc.function([x, y, d], outs, mode=REFERENCE)
+        vals = [(3 * rng.standard_normal((37, 50))).astype(np.float32),
+                rng.integers(0, 50, 37).astype(np.int32), rng.standard_normal(37).astype(np.float32)]
+        for got, want in zip(f(*vals), r(*vals)):
+            assert_same(got, want, "xent on threads")
+        vals[1][-1] = 50
+        with pytest.raises(ShapeError, match="out of range"):
+            f(*vals)
+    finally:
+        kernel.set_num_threads(None)
 
 
 def test_xent_keeps_results_across_calls_and_errors():

@@ -28,17 +28,17 @@ import os
 from llvmlite import ir
 
 from . import jit
-from .codegen import emit_for
+from .codegen import DATA_OFFSET, emit_for
 from .vmath import LN2_HI, LN2_LO, LOG2E, MathBuilder, log_f32
 
 F32 = ir.FloatType()
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
+I8 = ir.IntType(8)
 PTR = ir.PointerType()
 LANES = 8
-UNROLL = 4                  # independent vectors per iteration (hides the latency chains)
+UNROLL = 4                  # independent accumulators per iteration of the max and scale loops
 VEC = ir.VectorType(F32, LANES)
-ESTRIN = os.environ.get("XE_ESTRIN") == "1"
 
 # exp(t) for t <= _EXP_FLOOR is 0: t is clamped there, where n = round(t / ln 2) = -127 and
 # the 2^n built from the low bits of k below is +0.0. Entries with exp(t) under float32's
@@ -83,40 +83,23 @@ class _Lanes:
     def max(self, acc, v):
         return self.b.select(self.b.fcmp_ordered(">", v, acc), v, acc)
 
-    def exp_nonpositive(self, ts, estrin=False):
-        """exp(t) of each of ``ts``, the shifted logits t = z - max(z): t <= 0, or nan (-inf for
-        masked entries, nan where the row holds nan or inf). The values are independent and
-        their instructions are emitted in lockstep, so that the chains (~40 cycles each)
-        overlap. vmath's expf handles any x; here less work is needed: no overflow, no
-        denormal scaling, and 2^n from the bits of the rounded value (no float -> int
-        conversion, no select after the fact). Max rel. error ~1.2e-7."""
+    def exp_nonpositive(self, t):
+        """exp(t) for the shifted logits t = z - max(z): t <= 0, or nan (-inf for masked
+        entries, nan where the row holds nan or inf). vmath's expf handles any x; here less
+        work is needed: no overflow, no denormal scaling, and 2^n from the bits of the rounded
+        value (no float -> int conversion, no select after the fact). Max rel. error ~1.2e-7."""
         b, c = self.b, self.c
-
-        def each(f, *cols):
-            return [f(*a) for a in zip(*cols)]
         # clamp: t < floor is false for nan, which stays nan through to the result
-        tc = each(lambda t: b.select(b.fcmp_ordered("<", t, c(_EXP_FLOOR)), c(_EXP_FLOOR), t), ts)
-        k = each(lambda t: self.fma(t, c(LOG2E), c(_ROUNDER)), tc)
-        n = each(lambda v: b.fsub(v, c(_ROUNDER)), k)
-        r = each(lambda v, t: self.fma(v, c(-LN2_HI), t), n, tc)
-        r = each(lambda v, u: self.fma(v, c(-LN2_LO), u), n, r)
-        if estrin:
-            c6, c5, c4, c3, c2 = _EXP_POLY[:5]
-            one = each(lambda u: b.fadd(u, c(1.0)), r)
-            lo = each(lambda u: self.fma(u, c(c3), c(c2)), r)
-            mid = each(lambda u: self.fma(u, c(c5), c(c4)), r)
-            r2 = each(lambda u: b.fmul(u, u), r)
-            hi = each(lambda u, m: self.fma(u, c(c6), m), r2, mid)
-            r4 = each(lambda u: b.fmul(u, u), r2)
-            low = each(lambda u, v, w: self.fma(u, v, w), r2, lo, one)
-            p = each(lambda u, v, w: self.fma(u, v, w), r4, hi, low)
-        else:
-            p = [c(_EXP_POLY[0])] * len(ts)
-            for coef in _EXP_POLY[1:]:
-                p = each(lambda q, u: self.fma(q, u, c(coef)), p, r)
-        scale = each(lambda v: b.bitcast(b.shl(b.bitcast(v, self.ity), c(23, self.ity)),
-                                         self.ty), k)
-        return each(b.fmul, p, scale)
+        tc = b.select(b.fcmp_ordered("<", t, c(_EXP_FLOOR)), c(_EXP_FLOOR), t)
+        k = self.fma(tc, c(LOG2E), c(_ROUNDER))
+        n = b.fsub(k, c(_ROUNDER))
+        r = self.fma(n, c(-LN2_HI), tc)
+        r = self.fma(n, c(-LN2_LO), r)
+        p = c(_EXP_POLY[0])
+        for coef in _EXP_POLY[1:]:
+            p = self.fma(p, r, c(coef))
+        scale = b.bitcast(b.shl(b.bitcast(k, self.ity), c(23, self.ity)), self.ty)
+        return b.fmul(p, scale)
 
 
 def _loop(b: ir.IRBuilder, start, stop, step, body, carried=()):
@@ -126,32 +109,28 @@ def _loop(b: ir.IRBuilder, start, stop, step, body, carried=()):
 
 
 def _row_loop(b, k, body, init, combine, unroll=UNROLL):
-    """Over j in [0, k): ``body(lanes, js, accs) -> accs`` on ``unroll`` independent vectors
-    (offsets ``js``, one accumulator each) per iteration while unroll*LANES values remain,
-    then on one vector while LANES remain, then on scalars; the accumulators (starting at
-    ``init``) are combined with ``combine(lanes, a, b)`` and the total returned."""
+    """Over j in [0, k): ``body(lanes, j, acc) -> acc`` on ``unroll`` independent vectors per
+    iteration while unroll*LANES values remain, then on one vector while LANES remain, then
+    on scalars; the accumulators (starting at ``init``) are combined with
+    ``combine(lanes, a, b)`` and the total returned."""
     width = LANES * unroll
     kv = b.and_(k, ir.Constant(I64, -width))
     k1 = b.and_(k, ir.Constant(I64, -LANES))
     vec, one = _Lanes(b, True), _Lanes(b, False)
 
     def vbody(j, *accs):
-        return body(vec, [b.add(j, ir.Constant(I64, LANES * u)) for u in range(unroll)], accs)
+        return [body(vec, b.add(j, ir.Constant(I64, LANES * u)), a) for u, a in enumerate(accs)]
     accs = _loop(b, ir.Constant(I64, 0), kv, width, vbody, [vec.c(init)] * unroll)
     acc = accs[0]
     for a in accs[1:]:
         acc = combine(vec, acc, a)
-    (acc,) = _loop(b, kv, k1, LANES, lambda j, a: body(vec, [j], [a]), [acc])
+    if unroll > 1:
+        (acc,) = _loop(b, kv, k1, LANES, lambda j, a: [body(vec, j, a)], [acc])
     s = b.extract_element(acc, ir.Constant(I64, 0))
     for lane in range(1, LANES):
         s = combine(one, s, b.extract_element(acc, ir.Constant(I64, lane)))
-    (s,) = _loop(b, k1, k, 1, lambda j, a: body(one, [j], [a]), [s])
+    (s,) = _loop(b, k1, k, 1, lambda j, a: [body(one, j, a)], [s])
     return s
-
-
-def _each(f):
-    """A ``_row_loop`` body from the one-vector body ``f(lanes, j, acc) -> acc``."""
-    return lambda lanes, js, accs: [f(lanes, j, a) for j, a in zip(js, accs)]
 
 
 def _at(b, base, j):
@@ -165,35 +144,46 @@ def _splat(b, v):
                             ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
 
 
-def softmax_rows_ir(bias: bool, grad: bool, unroll: int = UNROLL) -> str:
+def softmax_rows_ir(bias: bool, grad: bool, label_bits: int, pyobj: bool) -> str:
     mod = ir.Module()
     args = [I64, I64, I64, PTR, I64, PTR, PTR, I64, PTR, PTR, PTR, I64]
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), args), name=jit.PLACEHOLDER)
+    fn = ir.Function(mod, ir.FunctionType(I64, args), name=jit.PLACEHOLDER)
     lo, hi, k, x, sx, bp, out, sout, labels, nll, dnll, sdnll = fn.args
-    for a in (x, bp, out, labels, nll, dnll):
-        a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if pyobj:       # the array arguments are PyArrayObject addresses: their data pointers
+        def data(a):
+            return b.load(b.gep(a, [ir.Constant(I64, DATA_OFFSET)], source_etype=I8), typ=PTR)
+        x, out, labels, nll = data(x), data(out), data(labels), data(nll)
+        bp = data(bp) if bias else bp
+        dnll = data(dnll) if grad else dnll
     scalar = _Lanes(b, False)
+    lty = ir.IntType(label_bits)
 
-    def row(i):
+    def row(i, bad):
         xr = _at(b, x, b.mul(i, sx))
         outr = _at(b, out, b.mul(i, sout))
+        label = b.load(b.gep(labels, [i], source_etype=lty), typ=lty)
+        label = b.sext(label, I64) if label_bits < 64 else label
+        wrong = b.or_(b.icmp_signed("<", label, b.neg(k)), b.icmp_signed(">=", label, k))
+        label = b.select(b.icmp_signed("<", label, ir.Constant(I64, 0)), b.add(label, k), label)
+        label = b.select(wrong, ir.Constant(I64, 0), label)     # counted; the caller raises
 
         def z(lanes, j):
             v = lanes.load(_at(b, xr, j))
             return b.fadd(v, lanes.load(_at(b, bp, j))) if bias else v
 
-        top = _row_loop(b, k, _each(lambda L, j, acc: L.max(acc, z(L, j))), float("-inf"),
+        top = _row_loop(b, k, lambda L, j, acc: L.max(acc, z(L, j)), float("-inf"),
                         lambda L, u, v: L.max(u, v))
         shift = {True: _splat(b, top), False: top}
 
-        def exp_sum(lanes, js, accs):
-            es = lanes.exp_nonpositive([b.fsub(z(lanes, j), shift[lanes.vec]) for j in js],
-                                       ESTRIN)
-            for e, j in zip(es, js):
-                b.store(e, _at(b, outr, j), align=4)
-            return [b.fadd(a, e) for a, e in zip(accs, es)]
-        s = _row_loop(b, k, exp_sum, 0.0, lambda L, u, v: b.fadd(u, v), unroll)
+        def exp_sum(lanes, j, acc):
+            e = lanes.exp_nonpositive(b.fsub(z(lanes, j), shift[lanes.vec]))
+            b.store(e, _at(b, outr, j), align=4)
+            return b.fadd(acc, e)
+        # one vector per iteration: the optimizer unrolls it 4x without register spills
+        # (independent vectors of our own, 2 or 4, spilled), and out-of-order execution
+        # overlaps the exp chains (~40 cycles) of successive iterations
+        s = _row_loop(b, k, exp_sum, 0.0, lambda L, u, v: b.fadd(u, v), unroll=1)
         d = b.load(_at(b, dnll, b.mul(i, sdnll)), typ=F32) if grad else ir.Constant(F32, 1.0)
         r = b.fdiv(d, s)
         factor = {True: _splat(b, r), False: r}
@@ -202,18 +192,16 @@ def softmax_rows_ir(bias: bool, grad: bool, unroll: int = UNROLL) -> str:
             p = _at(b, outr, j)
             b.store(b.fmul(lanes.load(p), factor[lanes.vec]), p, align=4)
             return acc
-        _row_loop(b, k, _each(scale), 0.0, lambda L, u, v: u)
-        label = b.load(b.gep(labels, [i], source_etype=I64), typ=I64)
-        label = b.select(b.icmp_signed("<", label, ir.Constant(I64, 0)), b.add(label, k), label)
+        _row_loop(b, k, scale, 0.0, lambda L, u, v: u)
         if grad:                            # dx = d * (sm - onehot(label))
             p = _at(b, outr, label)
             b.store(b.fsub(scalar.load(p), d), p)
         picked = b.fsub(z(scalar, label), top)
         b.store(b.fsub(log_f32(MathBuilder(b), s), picked), _at(b, nll, i))
-        return []
+        return [b.add(bad, b.zext(wrong, I64))]
 
-    _loop(b, lo, hi, 1, row)
-    b.ret_void()
+    (bad,) = _loop(b, lo, hi, 1, row, [ir.Constant(I64, 0)])
+    b.ret(bad)
     return str(mod)
 
 
@@ -230,9 +218,11 @@ def _source_hash() -> str:
     return _SOURCE_HASH
 
 
-def load_softmax_rows(bias: bool, grad: bool = False, unroll: int = UNROLL) -> int:
-    """Address of softmax_rows, with or without the bias operand, writing the softmax or
-    (grad) the gradient of the nll."""
-    key = jit.cache_key("rowsoftmax-nll", str(bias), str(grad), str(unroll), str(ESTRIN), _source_hash())
-    return jit.load_function(key, lambda: softmax_rows_ir(bias, grad, unroll),
+def load_softmax_rows(bias: bool, grad: bool, label_bits: int = 64, pyobj: bool = False) -> int:
+    """Address of softmax_rows: with or without the bias operand, writing the softmax or
+    (grad) the gradient of the nll, for int32 or int64 labels, taking data pointers or
+    (pyobj) ndarray object addresses."""
+    key = jit.cache_key("rowsoftmax-nll", str(bias), str(grad), str(label_bits), str(pyobj),
+                        _source_hash())
+    return jit.load_function(key, lambda: softmax_rows_ir(bias, grad, label_bits, pyobj),
                              title=f"softmax_rows bias={bias} grad={grad}")
