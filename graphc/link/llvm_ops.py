@@ -6,8 +6,11 @@ A step runs the same checks as ``perform`` (same errors, same messages) and then
 
 - SoftmaxCrossentropy: float32 runs the row kernel of graphc/backend/llvm/softmax.py (max,
   exp, sum and scale of a row while it is in cache, and the row's nll; row blocks on
-  threads); float64 four KernelSpec kernels (row max; e = exp(z - max); row sum of e;
-  e / sum), the per-row nll from the n row maxima and sums in numpy.
+  threads for large matrices); float64 four KernelSpec kernels (row max; e = exp(z - max);
+  row sum of e; e / sum), the per-row nll from the n row maxima and sums in numpy.
+- SoftmaxCrossentropyWithGrad (the forward and its gradient, paired by the optimizer):
+  float32 the same row kernel, scaling each row by dnll / sum and subtracting dnll at the
+  label instead of writing the softmax; float64 the first three kernels, then one numpy pass.
 - SoftmaxCrossentropyGrad: dnll * sm into a kept buffer (numpy), then the n label entries.
 - Conv2d / Conv2dGradInputs / Conv2dGradWeights: the numpy im2col + BLAS code of
   graphc.tensor.nnet.conv with its scratch arrays and result kept across calls (fresh
