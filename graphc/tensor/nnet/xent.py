@@ -16,13 +16,14 @@ from graphc.tensor.type import TensorType, is_float, is_int
 from graphc.tensor.var import as_tensor_variable
 
 
-def _check_labels(op, node, sm_shape, y):
-    n, k = sm_shape
+def _check_labels(op, node, x, y):
+    """Labels y fit the rows and classes of the (n, k) logits or softmax x."""
+    n, k = x.shape
     if y.shape[0] != n:
-        raise shape_error(op, describe_values([np.empty(sm_shape), y]),
+        raise shape_error(op, describe_values([x, y]),
                           f"{y.shape[0]} labels for {n} rows", getattr(node.tag, "trace", []))
     if y.size and (y.max() >= k or y.min() < -k):
-        raise shape_error(op, describe_values([np.empty(sm_shape), y]),
+        raise shape_error(op, describe_values([x, y]),
                           f"label {int(y.max() if y.max() >= k else y.min())} out of range for "
                           f"{k} classes", getattr(node.tag, "trace", []))
 
@@ -91,7 +92,7 @@ class SoftmaxCrossentropy(Op):
         if self.has_bias and inputs[1].shape[0] != x.shape[1]:
             raise shape_error(self, describe_values(inputs), "bias length != columns",
                               getattr(node.tag, "trace", []))
-        _check_labels(self, node, x.shape, y)
+        _check_labels(self, node, x, y)
 
     def perform(self, node, inputs, out):
         self.check(node, inputs)
@@ -148,7 +149,7 @@ class SoftmaxCrossentropyGrad(Op):
     def check(self, node, inputs):
         """Raise a ShapeError for labels or a dnll that do not fit the softmax."""
         dnll, sm, y = inputs
-        _check_labels(self, node, sm.shape, y)
+        _check_labels(self, node, sm, y)
         _check_dnll(self, node, node.inputs[0], inputs, dnll, sm.shape[0])
 
     def perform(self, node, inputs, out):
@@ -188,7 +189,7 @@ class SoftmaxCrossentropyWithGrad(Op):
         if self.has_bias and inputs[1].shape[0] != x.shape[1]:
             raise shape_error(self, describe_values(inputs), "bias length != columns",
                               getattr(node.tag, "trace", []))
-        _check_labels(self, node, x.shape, inputs[-2])
+        _check_labels(self, node, x, inputs[-2])
         _check_dnll(self, node, node.inputs[-1], inputs, dnll, x.shape[0])
 
     def perform(self, node, inputs, out):
