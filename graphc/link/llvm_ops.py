@@ -186,7 +186,11 @@ def _xent_rows_step(node, ins, outs, reuse):
     op = node.op
     grad = isinstance(op, SoftmaxCrossentropyWithGrad)
     nlab = -2 if grad else -1
-    ltype = np.dtype(np.int32 if node.inputs[nlab].dtype == "int32" else np.int64)
+    ldt = node.inputs[nlab].dtype
+    ltype = np.dtype(np.int32 if ldt == "int32" else np.int64)
+    # other label dtypes are converted to int64, which could wrap a huge uint64 label into
+    # range: those are checked before the kernel instead
+    precheck = ldt not in ("int32", "int64")
     fn = _SOFTMAX_PROTO(load_softmax_rows(op.has_bias, grad, 8 * ltype.itemsize, PYOBJ))
     addr = id if PYOBJ else (lambda a: a.ctypes.data)       # (see codegen.DATA_OFFSET)
     f32 = np.dtype(np.float32)
@@ -202,9 +206,9 @@ def _xent_rows_step(node, ins, outs, reuse):
         n, k = x.shape
         b = vals[1] if op.has_bias else None
         d = vals[-1] if grad else None
-        if y.shape[0] != n or (b is not None and b.shape[0] != k) or (
+        if precheck or y.shape[0] != n or (b is not None and b.shape[0] != k) or (
                 d is not None and d.shape[0] != n and (d.shape[0] != 1 or not (d_bcast or n == 1))):
-            op.check(node, vals)        # raises the op's error
+            op.check(node, vals)        # raises the op's error (if any)
         xc = _unit_columns(x)
         if xc.strides[0] % 4:
             xc = np.ascontiguousarray(xc)

@@ -157,6 +157,22 @@ def test_xent_masked_and_non_finite_logits(dtype):
     assert (got[1][0, ::3] == 0).all()
 
 
+@pytest.mark.parametrize("ldt", ["int64", "int16", "uint8", "uint64"])
+def test_xent_label_dtypes_and_reversed_rows(ldt):
+    x, y, d = T.fmatrix("x"), T.vector("y", dtype=ldt), T.fvector("d")
+    outs = SoftmaxCrossentropyWithGrad()(x, y, d)
+    f = graphc.function([x, y, d], outs, mode=NATIVE)
+    r = graphc.function([x, y, d], outs, mode=REFERENCE)
+    xv = rng.standard_normal((6, 9)).astype(np.float32)[::-1]     # negative row stride
+    yv = np.array([0, 1, 2, 3, 8, 5], ldt)
+    dv = rng.standard_normal(6).astype(np.float32)
+    for got, want in zip(f(xv, yv, dv), r(xv, yv, dv)):
+        assert_same(got, want, f"xent with {ldt} labels")
+    yv[4] = np.iinfo(ldt).max                          # (uint64: would wrap to -1 as int64)
+    with pytest.raises(ShapeError, match="out of range"):
+        f(xv, yv, dv)
+
+
 def test_xent_row_blocks_on_threads(monkeypatch):
     """Rows split across two threads (large matrices): values, and a bad label in the
     second block still raises."""
