@@ -179,7 +179,7 @@ def _unit_columns(a):
 def _xent_rows_step(node, ins, outs, reuse):
     """float32 SoftmaxCrossentropy (nll, softmax) or SoftmaxCrossentropyWithGrad (nll, dx)
     through the row kernel of graphc/backend/llvm/softmax.py. The kernel counts the labels
-    outside [-k, k) (and reads row 0's entry for them): the step then raises the op's error
+    outside [-k, k) (computing their rows for class 0): the step then raises the op's error
     through its check, which also runs first when the sizes do not fit."""
     from graphc.backend.llvm.kernel import PYOBJ
     from graphc.backend.llvm.softmax import load_softmax_rows

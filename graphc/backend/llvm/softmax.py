@@ -5,14 +5,17 @@ each a pass over the whole (n, k) matrix. Here one call does a row at a time whi
 in L1: its max, then e = exp(z - max) stored into the output while summing it, then
 e *= d/sum. So the matrix is read once and written once, and row blocks run on threads.
 
-    softmax_rows(lo, hi, k, x, sx, b, out, sout, labels, nll, dnll, sdnll)
+    softmax_rows(lo, hi, k, x, sx, b, out, sout, labels, nll, dnll, sdnll) -> bad
         rows [lo, hi) of x (row stride sx elements, unit column stride), optional bias b (k,)
-        (null when the kernel is built without one), int64 labels (n,) in [-k, k) ->
+        (null when the kernel is built without one), int32 or int64 labels (n,) ->
         out (row stride sout) and nll (n,): nll[i] = log(sum) - (z[i, label] - max), the
         reference's log(total) - s[i, y[i]] (log: vmath's float32 log, ~1.5e-7 rel. error).
         out is the softmax, or with ``grad`` the gradient of the nll for the incoming
         gradient dnll (element i * sdnll of row i: sdnll 0 broadcasts one value):
         dnll[i] * (softmax[i] - onehot(label[i])); dnll and sdnll are unused without grad.
+        Labels count from the end when negative; ``bad`` is the number outside [-k, k)
+        (their rows are computed for class 0: the caller raises the op's error).
+        The arrays are data pointers, or with ``pyobj`` ndarray object addresses.
 
 The loops are explicit 8-lane vector code, ``unroll`` vectors per iteration, with a scalar
 tail: the loop vectorizer does not reorder float reductions (max, sum). The max ignores nan
