@@ -142,9 +142,10 @@ def _nll(op, vals, m, total, bufs):
 _P, _L = ctypes.c_void_p, ctypes.c_int64
 _SOFTMAX_PROTO = ctypes.CFUNCTYPE(_L, _L, _L, _L, _P, _L, _P, _P, _L, _P, _P, _P, _L)
 _ROWS_PARALLEL_MIN = 1 << 15      # elements from which col2im channels split across threads
-# elements from which softmax rows split across threads: a (256, 1000) matrix (~150 us on one
-# core) ran slower on two, best of 25 runs included (188 us one thread, 259 us two): the
-# hand-off to the pool thread and waiting for the second core cost more than half the rows
+# elements from which softmax rows split across threads: on a (256, 1000) matrix two threads
+# were slower than one, even at the fastest of 61 interleaved runs (kernel with the pool
+# hand-off: 130 us one thread, 176 us two; whole function: 188 / 259 us): on this VM the second
+# vCPU adds little (see docs/benchmarks.md) and the hand-off costs tens of microseconds
 _SOFTMAX_PARALLEL_MIN = 1 << 20
 
 
