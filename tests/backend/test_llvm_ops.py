@@ -63,6 +63,9 @@ def test_xent_loss_and_grad(dtype, shape):
     compare([z, y], outs, [zv, yv], f"xent {dtype} {shape}")
     f = graphc.function([z, y], outs, mode=NATIVE)
     assert "SoftmaxCrossentropyWithGrad" in native_steps(f)    # one op: nll and dx
+    compare([z, y], outs[1:], [zv, yv], f"xent grad alone {dtype} {shape}")
+    assert "SoftmaxCrossentropyWithGrad" in native_steps(
+        graphc.function([z, y], outs[1:], mode=NATIVE))
 
 
 @pytest.mark.parametrize("bias", [False, True])
