@@ -6,8 +6,11 @@ A step runs the same checks as ``perform`` (same errors, same messages) and then
 
 - SoftmaxCrossentropy: float32 runs the row kernel of graphc/backend/llvm/softmax.py (max,
   exp, sum and scale of a row while it is in cache, and the row's nll; row blocks on
-  threads); float64 four KernelSpec kernels (row max; e = exp(z - max); row sum of e;
-  e / sum), the per-row nll from the n row maxima and sums in numpy.
+  threads for large matrices); float64 four KernelSpec kernels (row max; e = exp(z - max);
+  row sum of e; e / sum), the per-row nll from the n row maxima and sums in numpy.
+- SoftmaxCrossentropyWithGrad (the forward and its gradient, paired by the optimizer):
+  float32 the same row kernel, scaling each row by dnll / sum and subtracting dnll at the
+  label instead of writing the softmax; float64 the first three kernels, then one numpy pass.
 - SoftmaxCrossentropyGrad: dnll * sm into a kept buffer (numpy), then the n label entries.
 - Conv2d / Conv2dGradInputs / Conv2dGradWeights: the numpy im2col + BLAS code of
   graphc.tensor.nnet.conv with its scratch arrays and result kept across calls (fresh
@@ -31,7 +34,8 @@ from graphc.backend.kernel_spec import KernelSpec
 from graphc.link.llvm import STEP_MAKERS, _Buffers
 from graphc.tensor.nnet.conv import (Conv2d, Conv2dGradInputs, Conv2dGradWeights,
                                      conv2d_forward, conv2d_grad_inputs, conv2d_grad_weights)
-from graphc.tensor.nnet.xent import SoftmaxCrossentropy, SoftmaxCrossentropyGrad
+from graphc.tensor.nnet.xent import (SoftmaxCrossentropy, SoftmaxCrossentropyGrad,
+                                     SoftmaxCrossentropyWithGrad)
 from graphc.tensor.signal.pool import MaxPoolGrad, Pool
 
 _FLOATS = ("float32", "float64")
@@ -79,32 +83,47 @@ def _xent_step(node, ins, outs, reuse):
         return None
     if dt == "float32":
         return _xent_rows_step(node, ins, outs, reuse)
-    k_max, k_exp, k_sum, k_div = (_kernel(s) for s in _xent_specs(dt, op.has_bias))
-    npdt = np.dtype(dt)
+    exps = _Exps(dt, op.has_bias)
     bufs = _Buffers(2, reuse)
-    scratch = {}
-
-    def work(key, shape):
-        a = scratch.get(key)
-        if a is None or a.shape != shape:
-            a = scratch[key] = np.empty(shape, npdt)
-        return a
+    k_div = exps.k_div
 
     def step():
         vals = _xent_inputs(node, ins, outs)
         if vals is None:
             return
-        x = vals[0]
-        n, k = x.shape
-        zs = [x, vals[1][None, :]] if op.has_bias else [x]
-        m, total, e = work("m", (n,)), work("s", (n,)), work("e", (n, k))
-        k_max(zs, [m])
-        k_exp(zs + [m[:, None]], [e])
-        k_sum([e], [total])
-        sm = bufs.get(1, (n, k), npdt)
+        m, total, e = exps(vals)
+        sm = bufs.get(1, e.shape, exps.dtype)
         k_div([e, total[:, None]], [sm])
         outs[0][0], outs[1][0] = _nll(op, vals, m, total, bufs), sm
     return step
+
+
+class _Exps:
+    """The float64 softmax up to its last step: ``(m, total, e)`` = row maxima, row sums
+    of e = exp(z - m), and e, from the first three kernels of _xent_specs, into scratch
+    arrays kept across calls; k_div (e / total) is the fourth kernel."""
+
+    def __init__(self, dt, bias):
+        self.k_max, self.k_exp, self.k_sum, self.k_div = (_kernel(s) for s in _xent_specs(dt, bias))
+        self.dtype = np.dtype(dt)
+        self.bias = bias
+        self.scratch = {}
+
+    def work(self, key, shape):
+        a = self.scratch.get(key)
+        if a is None or a.shape != shape:
+            a = self.scratch[key] = np.empty(shape, self.dtype)
+        return a
+
+    def __call__(self, vals):
+        x = vals[0]
+        n, k = x.shape
+        zs = [x, vals[1][None, :]] if self.bias else [x]
+        m, total, e = self.work("m", (n,)), self.work("s", (n,)), self.work("e", (n, k))
+        self.k_max(zs, [m])
+        self.k_exp(zs + [m[:, None]], [e])
+        self.k_sum([e], [total])
+        return m, total, e
 
 
 def _nll(op, vals, m, total, bufs):
@@ -121,32 +140,36 @@ def _nll(op, vals, m, total, bufs):
 
 # float32 softmax rows: one native call per row block (graphc/backend/llvm/softmax.py)
 _P, _L = ctypes.c_void_p, ctypes.c_int64
-_SOFTMAX_PROTO = ctypes.CFUNCTYPE(None, _L, _L, _L, _P, _L, _P, _P, _L, _P, _P)
-_ROWS_PARALLEL_MIN = 1 << 15      # elements from which rows split across threads (exp-bound)
+_SOFTMAX_PROTO = ctypes.CFUNCTYPE(_L, _L, _L, _L, _P, _L, _P, _P, _L, _P, _P, _P, _L)
+_ROWS_PARALLEL_MIN = 1 << 15      # elements from which col2im channels split across threads
+# elements from which softmax rows split across threads: on a (256, 1000) matrix two threads
+# were slower than one, even at the fastest of 61 interleaved runs (kernel with the pool
+# hand-off: 130 us one thread, 176 us two; whole function: 188 / 259 us): on this VM the second
+# vCPU adds little (see docs/benchmarks.md) and the hand-off costs tens of microseconds
+_SOFTMAX_PARALLEL_MIN = 1 << 20
 
 
 def _in_threads(fn, n, *args):
     """fn(lo, hi, *args) over [0, n) cut into one slice per kernel thread (the backend's
-    pool); fn must release the GIL (a ctypes call, numpy copies) for the slices to overlap."""
+    pool); fn must release the GIL (a ctypes call, numpy copies) for the slices to overlap.
+    Returns the slices' results, in order."""
     from graphc.backend.llvm.kernel import _get_pool, num_threads
     t = min(num_threads(), n)
     if t <= 1:
-        fn(0, n, *args)
-        return
+        return [fn(0, n, *args)]
     cuts = [n * i // t for i in range(t + 1)]
     pool = _get_pool(t - 1)
     futures = [pool.submit(fn, cuts[i], cuts[i + 1], *args) for i in range(1, t)]
-    fn(0, cuts[1], *args)
-    for f in futures:
-        f.result()
+    first = fn(0, cuts[1], *args)
+    return [first] + [f.result() for f in futures]
 
 
 def _run_rows(fn, n, k, *args):
-    """fn(lo, hi, k, *args) over rows [0, n), split across the kernel threads when large."""
-    if n * k >= _ROWS_PARALLEL_MIN:
-        _in_threads(fn, n, k, *args)
-    else:
-        fn(0, n, k, *args)
+    """The sum of fn(lo, hi, k, *args) over rows [0, n), split across the kernel threads
+    when large."""
+    if n * k >= _SOFTMAX_PARALLEL_MIN:
+        return sum(_in_threads(fn, n, k, *args))
+    return fn(0, n, k, *args)
 
 
 def _unit_columns(a):
@@ -155,26 +178,53 @@ def _unit_columns(a):
 
 
 def _xent_rows_step(node, ins, outs, reuse):
+    """float32 SoftmaxCrossentropy (nll, softmax) or SoftmaxCrossentropyWithGrad (nll, dx)
+    through the row kernel of graphc/backend/llvm/softmax.py. The kernel counts the labels
+    outside [-k, k) (computing their rows for class 0): the step then raises the op's error
+    through its check, which also runs first when the sizes do not fit."""
+    from graphc.backend.llvm.kernel import PYOBJ
     from graphc.backend.llvm.softmax import load_softmax_rows
-    op: SoftmaxCrossentropy = node.op
-    fn = _SOFTMAX_PROTO(load_softmax_rows(op.has_bias))
+    op = node.op
+    grad = isinstance(op, SoftmaxCrossentropyWithGrad)
+    nlab = -2 if grad else -1
+    ldt = node.inputs[nlab].dtype
+    ltype = np.dtype(np.int32 if ldt == "int32" else np.int64)
+    # other label dtypes are converted to int64, which could wrap a huge uint64 label into
+    # range: those are checked before the kernel instead
+    precheck = ldt not in ("int32", "int64")
+    fn = _SOFTMAX_PROTO(load_softmax_rows(op.has_bias, grad, 8 * ltype.itemsize, PYOBJ))
+    addr = id if PYOBJ else (lambda a: a.ctypes.data)       # (see codegen.DATA_OFFSET)
     f32 = np.dtype(np.float32)
     bufs = _Buffers(2, reuse)
+    d_bcast = grad and node.inputs[-1].type.broadcastable[0]
 
     def step():
-        vals = _xent_inputs(node, ins, outs)
-        if vals is None:
+        vals = [c[0] for c in ins]
+        x, y = vals[0], vals[nlab]
+        if x.size == 0:
+            op.perform(node, vals, outs)
             return
-        x = vals[0]
         n, k = x.shape
+        b = vals[1] if op.has_bias else None
+        d = vals[-1] if grad else None
+        if precheck or y.shape[0] != n or (b is not None and b.shape[0] != k) or (
+                d is not None and d.shape[0] != n and (d.shape[0] != 1 or not (d_bcast or n == 1))):
+            op.check(node, vals)        # raises the op's error (if any)
         xc = _unit_columns(x)
-        b = np.ascontiguousarray(vals[1], f32) if op.has_bias else None
-        labels = np.ascontiguousarray(vals[-1], np.int64)     # (checked: in [-k, k))
-        nll, sm = bufs.get(0, (n,), f32), bufs.get(1, (n, k), f32)
-        _run_rows(fn, n, k, xc.ctypes.data, xc.strides[0] // 4,
-                  None if b is None else b.ctypes.data, sm.ctypes.data, k,
-                  labels.ctypes.data, nll.ctypes.data)
-        outs[0][0], outs[1][0] = nll, sm
+        if xc.strides[0] % 4:
+            xc = np.ascontiguousarray(xc)
+        if y.dtype != ltype or y.strides[0] != ltype.itemsize:
+            y = np.ascontiguousarray(y, ltype)
+        nll, out = bufs.get(0, (n,), f32), bufs.get(1, (n, k), f32)
+        # (the arrays stay referenced here while the kernel reads them)
+        b = None if b is None else np.ascontiguousarray(b, f32)
+        d = None if d is None else np.ascontiguousarray(d, f32)
+        bad = _run_rows(fn, n, k, addr(xc), xc.strides[0] // 4, None if b is None else addr(b),
+                        addr(out), k, addr(y), addr(nll), None if d is None else addr(d),
+                        int(d is not None and d.shape[0] != 1))     # dnll of length 1: broadcast
+        if bad:
+            op.check(node, vals)        # raises: labels out of range
+        outs[0][0], outs[1][0] = nll, out
     return step
 
 
@@ -198,6 +248,33 @@ def _xent_grad_step(node, ins, outs, reuse):
         rows = np.arange(sm.shape[0])
         dx[rows, y] -= dnll if dnll.shape[0] == sm.shape[0] else dnll[0]
         outs[0][0] = dx
+    return step
+
+
+def _xent_with_grad_step(node, ins, outs, reuse):
+    """SoftmaxCrossentropyWithGrad: float32 runs the row kernel writing dx instead of the
+    softmax (the softmax row is made once, in cache); float64 the kernels of _Exps, then
+    dx = e * (dnll / sum) in numpy and the n label entries."""
+    op: SoftmaxCrossentropyWithGrad = node.op
+    dt = node.outputs[0].dtype
+    if dt not in _FLOATS or node.inputs[0].dtype != dt:
+        return None
+    if dt == "float32":
+        return _xent_rows_step(node, ins, outs, reuse)
+    exps = _Exps(dt, op.has_bias)
+    bufs = _Buffers(2, reuse)
+
+    def step():
+        vals = _xent_inputs(node, ins, outs)
+        if vals is None:
+            return
+        m, total, e = exps(vals)
+        dnll, y = vals[-1], vals[-2]
+        dx = bufs.get(1, e.shape, exps.dtype)
+        with np.errstate(invalid="ignore"):     # inf / inf in a row of non-finite logits
+            np.multiply(e, (dnll / total)[:, None], out=dx)
+        dx[np.arange(e.shape[0]), y] -= dnll
+        outs[0][0], outs[1][0] = _nll(op, vals[:-1], m, total, bufs), dx
     return step
 
 
@@ -505,6 +582,7 @@ def _max_pool_grad_step(node, ins, outs, reuse):
 STEP_MAKERS.update({
     SoftmaxCrossentropy: _xent_step,
     SoftmaxCrossentropyGrad: _xent_grad_step,
+    SoftmaxCrossentropyWithGrad: _xent_with_grad_step,
     Conv2d: _conv_step(conv2d_forward, _conv_out),
     Conv2dGradInputs: _conv_step(conv2d_grad_inputs, _grad_inputs_out),
     Conv2dGradWeights: _conv_step(conv2d_grad_weights, _grad_weights_out),

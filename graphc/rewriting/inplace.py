@@ -24,13 +24,14 @@ from graphc.tensor.elemwise import CAReduce, Elemwise
 from graphc.tensor.fused import Fused
 from graphc.tensor.math import Dot
 from graphc.tensor.nnet.basic import Softmax
-from graphc.tensor.nnet.xent import SoftmaxCrossentropy, SoftmaxCrossentropyGrad
+from graphc.tensor.nnet.xent import (SoftmaxCrossentropy, SoftmaxCrossentropyGrad,
+                                     SoftmaxCrossentropyWithGrad)
 from graphc.tensor.subtensor import IncSubtensor
 
 # ops whose outputs are always new, writable arrays owned by nobody else (Elemwise copies
 # where numpy would return its input or a view: identity, second, rounding an int)
 _FRESH = (Elemwise, Fused, Gemm, Gemv, Ger, Dot, CAReduce, Softmax, SoftmaxCrossentropy,
-          SoftmaxCrossentropyGrad, tb.Alloc, tb.Join, IncSubtensor)
+          SoftmaxCrossentropyGrad, SoftmaxCrossentropyWithGrad, tb.Alloc, tb.Join, IncSubtensor)
 
 
 def fresh(v) -> bool:

@@ -14,6 +14,9 @@ from graphc.tensor import math as M
 from graphc.tensor.blas import BLAS_DTYPES, Gemm, Gemv, Ger
 from graphc.tensor.elemwise import DimShuffle
 from graphc.tensor.math import Dot
+from graphc.tensor.nnet.basic import Softmax
+from graphc.tensor.nnet.xent import (SoftmaxCrossentropy, SoftmaxCrossentropyGrad,
+                                     SoftmaxCrossentropyWithGrad)
 from graphc.tensor.var import constant
 
 
@@ -192,6 +195,50 @@ def _recip(fgraph, node, b):            # 1 / x -> reciprocal(x)
     return fit(node.outputs[0], M.reciprocal(b["x"]))
 
 
+def _xent_with_grad(fgraph, node, b):
+    """xent(x, y) -> (nll, sm); xent_grad(d, sm, y) -> dx   becomes   (nll, dx) of one op,
+    when the softmax has no other use and d does not depend on this xent (d of a mean or
+    sum of the nll is a constant fill: the nll is not needed before the gradient)."""
+    nll, sm = node.outputs
+    users = fgraph.clients.get(sm, ())
+    if len(users) != 1 or users[0][0] == "output" or users[0][1] != 1:
+        return None
+    grad = users[0][0]
+    d, _, y = grad.inputs
+    if not isinstance(grad.op, SoftmaxCrossentropyGrad) or y is not node.inputs[-1] or \
+            _depends_on(d, node):
+        return None
+    new_nll, dx = SoftmaxCrossentropyWithGrad(node.op.has_bias)(*node.inputs, d)
+    return {nll: new_nll, grad.outputs[0]: dx}
+
+
+def _softmax_xent_grad(fgraph, node, b):
+    """xent_grad(d, softmax(z), y) -> dx of the paired op (its nll unused), when nothing
+    else reads the softmax: the gradient without the loss, which stabilize left reading a
+    Softmax op."""
+    sm = b["sm"]
+    z = sm.owner.inputs[0]
+    if z.ndim != 2 or sm.owner.op.axis % 2 != 1 or len(fgraph.clients.get(sm, ())) != 1 or \
+            _depends_on(b["d"], sm.owner):
+        return None
+    return SoftmaxCrossentropyWithGrad(False)(z, b["y"], b["d"])[1]
+
+
+def _depends_on(v, node) -> bool:
+    """Is ``node`` an ancestor of ``v``?"""
+    seen, stack = set(), [v]
+    while stack:
+        w = stack.pop()
+        n = w.owner
+        if n is None or n in seen:
+            continue
+        if n is node:
+            return True
+        seen.add(n)
+        stack.extend(n.inputs)
+    return False
+
+
 def _float_out(v, b):
     return v.dtype in ("float32", "float64")
 
@@ -206,4 +253,7 @@ RULES = RuleSet([
     Rule("pow_two", P("pow", "x", C(2)), _sqr),                      # x**2 -> sqr(x)
     Rule("pow_half", P("pow", "x", C(0.5), when=_float_out), _sqrt),  # x**0.5 -> sqrt(x)
     Rule("reciprocal", P("true_div", C(1), "x", when=_float_out), _recip),  # 1/x -> reciprocal
+    Rule("softmax_xent_with_grad", P(SoftmaxCrossentropy), _xent_with_grad),  # xent + its grad
+    Rule("softmax_xent_grad_only", P(SoftmaxCrossentropyGrad, "d", P(Softmax, bind="sm"), "y"),
+         _softmax_xent_grad),                           # xgrad(d, sm z, y) -> paired op's dx
 ])

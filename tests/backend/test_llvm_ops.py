@@ -16,11 +16,12 @@ from graphc.link.llvm import STEP_MAKERS, _PerformStep
 from graphc.link.llvm_ops import _max_grad_spec, _max_spec, _xent_specs
 from graphc.tensor.elemwise import ShapeError
 from graphc.tensor.nnet.conv import conv2d
-from graphc.tensor.nnet.xent import SoftmaxCrossentropy, SoftmaxCrossentropyGrad
+from graphc.tensor.nnet.xent import (SoftmaxCrossentropy, SoftmaxCrossentropyGrad,
+                                     SoftmaxCrossentropyWithGrad)
 from graphc.tensor.signal import pool
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_backends import NATIVE, assert_same, compare  # noqa: E402
+from compare_backends import NATIVE, REFERENCE, assert_same, compare  # noqa: E402
 
 rng = np.random.default_rng(7)
 
@@ -51,7 +52,7 @@ def test_specs_are_canonical():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(7, 13), (1, 1), (33, 2),
                                    (5, 70),         # float32 rows: vector loops and a tail
-                                   (64, 1000)])     # row blocks on threads
+                                   (64, 1000)])     # long rows (threads: below)
 def test_xent_loss_and_grad(dtype, shape):
     z = T.matrix("z", dtype=dtype)
     y = T.ivector("y")
@@ -61,7 +62,10 @@ def test_xent_loss_and_grad(dtype, shape):
     yv = rng.integers(0, shape[1], shape[0]).astype(np.int32)
     compare([z, y], outs, [zv, yv], f"xent {dtype} {shape}")
     f = graphc.function([z, y], outs, mode=NATIVE)
-    assert {"SoftmaxCrossentropy", "SoftmaxCrossentropyGrad"} <= native_steps(f)
+    assert "SoftmaxCrossentropyWithGrad" in native_steps(f)    # one op: nll and dx
+    compare([z, y], outs[1:], [zv, yv], f"xent grad alone {dtype} {shape}")
+    assert "SoftmaxCrossentropyWithGrad" in native_steps(
+        graphc.function([z, y], outs[1:], mode=NATIVE))
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -84,6 +88,62 @@ def test_xent_op_outputs_strided_and_negative_labels(bias):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [9, 1])
+def test_xent_with_grad_op(dtype, bias, rows):
+    """The paired op on strided logits, negative labels, int64/int8 labels, a per-row dnll
+    and a broadcast one, against the reference's two ops."""
+    x = T.matrix("x", dtype=dtype)
+    b = T.vector("b", dtype=dtype)
+    y = T.lvector("y")
+    d1 = T.TensorType(dtype, shape=(1,))("d1")         # broadcast: one value for every row
+    dn = T.vector("dn", dtype=dtype)
+    head = [x, b, y] if bias else [x, y]
+    nll, dx1 = SoftmaxCrossentropyWithGrad(bias)(*head, d1)
+    _, dxn = SoftmaxCrossentropyWithGrad(bias)(*head, dn)
+    ref_nll, sm = SoftmaxCrossentropy(bias)(*head)
+    refs = [ref_nll, SoftmaxCrossentropyGrad()(d1, sm, y), SoftmaxCrossentropyGrad()(dn, sm, y)]
+    xv = (3 * rng.standard_normal((rows, 70))).astype(dtype)[:, ::2]     # (rows, 35), strided
+    xv[0, :] = 80.0
+    yv = np.array([0, -1, 34, 3, -35, 5, 5, 1, 2])[:rows]
+    vals = [xv, rng.standard_normal(35).astype(dtype), yv] if bias else [xv, yv]
+    vals += [np.array([0.25], dtype), rng.standard_normal(rows).astype(dtype)]
+    f = graphc.function(head + [d1, dn], [nll, dx1, dxn], mode=NATIVE)
+    r = graphc.function(head + [d1, dn], refs, mode=REFERENCE)
+    for got, want, what in zip(f(*vals), r(*vals), ("nll", "dx broadcast", "dx per row")):
+        assert_same(got, want, f"xent with grad {dtype} bias={bias} rows={rows}: {what}")
+    assert "SoftmaxCrossentropyWithGrad" in native_steps(f)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_xent_with_grad_non_finite_errors_and_empty(dtype):
+    x = T.matrix("x", dtype=dtype)
+    y = T.bvector("y")                                 # int8 labels
+    d = T.vector("d", dtype=dtype)
+    outs = SoftmaxCrossentropyWithGrad()(x, y, d)
+    f = graphc.function([x, y, d], outs, mode=NATIVE)
+    xv = (3 * rng.standard_normal((5, 45))).astype(dtype)
+    xv[0, ::3] = -np.inf
+    xv[1, 40] = np.nan
+    xv[2, 7] = np.inf
+    xv[3, 1:] = -200.0
+    yv = np.array([1, 2, 3, 4, 0], np.int8)
+    dv = np.arange(1, 6).astype(dtype)
+    r = graphc.function([x, y, d], outs, mode=REFERENCE)
+    for got, want in zip(f(xv, yv, dv), r(xv, yv, dv)):
+        assert_same(got, want, f"xent with grad non-finite {dtype}")
+    assert (f(xv, yv, dv)[1][0, ::3] == 0).all()
+    with pytest.raises(ShapeError, match="out of range"):
+        f(xv, np.array([1, 2, 3, 45, 0], np.int8), dv)
+    with pytest.raises(ShapeError, match="dnll length"):
+        f(xv, yv, dv[:3])
+    with pytest.raises(ShapeError, match="dnll length"):
+        f(xv, yv, dv[:1])                              # length 1, but not typed broadcast
+    empty = f(np.zeros((0, 45), dtype), np.zeros(0, np.int8), np.zeros(0, dtype))
+    assert empty[0].shape == (0,) and empty[1].shape == (0, 45)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_xent_masked_and_non_finite_logits(dtype):
     """-inf logits (masked classes) give exactly 0; a nan or +inf makes its row nan."""
     x = T.matrix("x", dtype=dtype)
@@ -98,6 +158,45 @@ def test_xent_masked_and_non_finite_logits(dtype):
     yv = np.array([1, 2, 3, 4, 5, 0], np.int32)
     got = compare([x, y], [nll, sm], [xv, yv], f"xent non-finite {dtype}")
     assert (got[1][0, ::3] == 0).all()
+
+
+@pytest.mark.parametrize("ldt", ["int64", "int16", "uint8", "uint64"])
+def test_xent_label_dtypes_and_reversed_rows(ldt):
+    x, y, d = T.fmatrix("x"), T.vector("y", dtype=ldt), T.fvector("d")
+    outs = SoftmaxCrossentropyWithGrad()(x, y, d)
+    f = graphc.function([x, y, d], outs, mode=NATIVE)
+    r = graphc.function([x, y, d], outs, mode=REFERENCE)
+    xv = rng.standard_normal((6, 9)).astype(np.float32)[::-1]     # negative row stride
+    yv = np.array([0, 1, 2, 3, 8, 5], ldt)
+    dv = rng.standard_normal(6).astype(np.float32)
+    for got, want in zip(f(xv, yv, dv), r(xv, yv, dv)):
+        assert_same(got, want, f"xent with {ldt} labels")
+    yv[4] = np.iinfo(ldt).max                          # (uint64: would wrap to -1 as int64)
+    with pytest.raises(ShapeError, match="out of range"):
+        f(xv, yv, dv)
+
+
+def test_xent_row_blocks_on_threads(monkeypatch):
+    """Rows split across two threads (large matrices): values, and a bad label in the
+    second block still raises."""
+    from graphc.backend.llvm import kernel
+    from graphc.link import llvm_ops
+    monkeypatch.setattr(llvm_ops, "_SOFTMAX_PARALLEL_MIN", 1)
+    kernel.set_num_threads(2)
+    try:
+        x, y, d = T.matrix("x", dtype="float32"), T.ivector("y"), T.vector("d", dtype="float32")
+        outs = list(SoftmaxCrossentropyWithGrad()(x, y, d)) + [SoftmaxCrossentropy()(x, y)[1]]
+        f = graphc.function([x, y, d], outs, mode=NATIVE)
+        r = graphc.function([x, y, d], outs, mode=REFERENCE)
+        vals = [(3 * rng.standard_normal((37, 50))).astype(np.float32),
+                rng.integers(0, 50, 37).astype(np.int32), rng.standard_normal(37).astype(np.float32)]
+        for got, want in zip(f(*vals), r(*vals)):
+            assert_same(got, want, "xent on threads")
+        vals[1][-1] = 50
+        with pytest.raises(ShapeError, match="out of range"):
+            f(*vals)
+    finally:
+        kernel.set_num_threads(None)
 
 
 def test_xent_keeps_results_across_calls_and_errors():

@@ -1,4 +1,5 @@
-"""specialize: dot/scale/add -> gemm, gemv, ger; transposes as BLAS flags; powers."""
+"""specialize: dot/scale/add -> gemm, gemv, ger; transposes as BLAS flags; powers; the
+softmax cross-entropy and its gradient as one op."""
 import numpy as np
 import pytest
 
@@ -7,8 +8,10 @@ import graphc.tensor as T
 from graphc.tensor.blas import Gemm, Gemv, Ger
 from graphc.tensor.elemwise import DimShuffle
 from graphc.tensor.math import Dot
+from graphc.tensor.nnet.xent import (SoftmaxCrossentropy, SoftmaxCrossentropyGrad,
+                                     SoftmaxCrossentropyWithGrad)
 
-from helpers import FAST, assert_same, compile_both, count, elemwise_names
+from helpers import FAST, REF, assert_same, compile_both, count, elemwise_names
 
 SPEC = FAST.excluding("fusion", "inplace")
 
@@ -113,3 +116,78 @@ def test_gemm_shape_errors_name_the_op():
     f = theano.function([a, b], T.dot(a, b), mode=SPEC)
     with pytest.raises(ValueError, match="Gemm.*inner dimensions"):
         f(np.ones((2, 3)), np.ones((4, 2)))
+
+
+# --------------------------------------------------------------------------- xent with grad
+def xent_nodes(f):
+    return [count(f, c) for c in (SoftmaxCrossentropy, SoftmaxCrossentropyGrad,
+                                  SoftmaxCrossentropyWithGrad)]
+
+
+def xent_args(dtype="float64", n=6, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return (4 * rng.standard_normal((n, k))).astype(dtype), rng.integers(0, k, n).astype("int32")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_xent_and_its_gradient_become_one_op(dtype, reduce):
+    z, y = T.matrix("z", dtype=dtype), T.ivector("y")
+    nll = T.nnet.categorical_crossentropy(T.nnet.softmax(z), y)
+    cost = nll.mean() if reduce == "mean" else nll.sum()
+    f, g = compile_both([z, y], [cost, theano.grad(cost, z)])
+    assert xent_nodes(f) == [0, 0, 1]
+    tol = {"float64": 1e-12, "float32": 1e-5}[dtype]
+    assert_same(f, g, *xent_args(dtype), rtol=tol, atol=tol)
+
+
+def test_xent_with_bias_and_its_gradients_become_one_op():
+    x, y = T.dmatrix("x"), T.ivector("y")
+    w = theano.shared(np.linspace(-1, 1, 12).reshape(3, 4), name="w")
+    b = theano.shared(np.arange(4.0), name="b")
+    cost = T.nnet.categorical_crossentropy(T.nnet.softmax(T.dot(x, w) + b), y).mean()
+    f, g = compile_both([x, y], [cost] + theano.grad(cost, [w, b]))
+    (node,) = [n for n in f.maker.fgraph.toposort() if isinstance(n.op, SoftmaxCrossentropyWithGrad)]
+    assert node.op.has_bias and xent_nodes(f) == [0, 0, 1]
+    rng = np.random.default_rng(1)
+    assert_same(f, g, rng.random((6, 3)), rng.integers(0, 4, 6).astype("int32"))
+
+
+def test_xent_gradient_alone_becomes_one_op():
+    z, y = T.dmatrix("z"), T.ivector("y")
+    cost = T.nnet.categorical_crossentropy(T.nnet.softmax(z), y).mean()
+    f, g = compile_both([z, y], theano.grad(cost, z))
+    assert xent_nodes(f) == [0, 0, 1]
+    assert_same(f, g, *xent_args())
+
+
+def test_xent_pairing_declines_when_the_softmax_or_the_nll_is_needed():
+    z, y = T.dmatrix("z"), T.ivector("y")
+    sm = T.nnet.softmax(z)
+    nll = T.nnet.categorical_crossentropy(sm, y)
+    # the loss alone: no gradient to pair with
+    f, g = compile_both([z, y], nll.mean())
+    assert xent_nodes(f) == [1, 0, 0]
+    assert_same(f, g, *xent_args())
+    # the softmax is an output too: the op keeps producing it
+    cost = nll.mean()
+    f, g = compile_both([z, y], [cost, theano.grad(cost, z), sm])
+    assert xent_nodes(f) == [1, 1, 0]
+    assert_same(f, g, *xent_args())
+    # the gradient of sum(nll^2) scales each row by its nll: dnll needs the forward first
+    cost = (nll ** 2).sum()
+    f, g = compile_both([z, y], [cost, theano.grad(cost, z)])
+    assert xent_nodes(f) == [1, 1, 0]
+    assert_same(f, g, *xent_args())
+
+
+def test_xent_pairing_keeps_the_fused_graph_acyclic():
+    """After fusion too (the mean's 1/n and the gradient's 1/n share a Fused node in the
+    unpaired graph; paired, the gradient reads its 1/n before the sum exists)."""
+    z, y = T.fmatrix("z"), T.ivector("y")
+    cost = T.nnet.categorical_crossentropy(T.nnet.softmax(z), y).mean()
+    mode = theano.Mode(linker="py", optimizer="fast_run", check=True)
+    f = theano.function([z, y], [cost, theano.grad(cost, z)], mode=mode)
+    g = theano.function([z, y], [cost, theano.grad(cost, z)], mode=REF)
+    assert xent_nodes(f) == [0, 0, 1]
+    assert_same(f, g, *xent_args("float32"), rtol=1e-5, atol=1e-6)

@@ -3,21 +3,25 @@
 The generic KernelSpec route needs four kernels for a softmax (row max, exp, row sum, divide),
 each a pass over the whole (n, k) matrix. Here one call does a row at a time while the row is
 in L1: its max, then e = exp(z - max) stored into the output while summing it, then
-e *= 1/sum. So the matrix is read once and written once, and row blocks run on threads.
+e *= d/sum. So the matrix is read once and written once, and row blocks run on threads.
 
-    softmax_rows(lo, hi, k, x, sx, b, sm, ssm, labels, nll)
+    softmax_rows(lo, hi, k, x, sx, b, out, sout, labels, nll, dnll, sdnll) -> bad
         rows [lo, hi) of x (row stride sx elements, unit column stride), optional bias b (k,)
-        (null when the kernel is built without one), int64 labels (n,) in [-k, k) ->
-        sm (row stride ssm) and nll (n,): nll[i] = log(sum) - (z[i, label] - max), the
-        reference's log(total) - s[i, y[i]] (log: vmath's float32 log, ~1.5e-7 rel. error)
+        (null when the kernel is built without one), int32 or int64 labels (n,) ->
+        out (row stride sout) and nll (n,): nll[i] = log(sum) - (z[i, label] - max), the
+        reference's log(total) - s[i, y[i]] (log: vmath's float32 log, ~1.5e-7 rel. error).
+        out is the softmax, or with ``grad`` the gradient of the nll for the incoming
+        gradient dnll (element i * sdnll of row i: sdnll 0 broadcasts one value):
+        dnll[i] * (softmax[i] - onehot(label[i])); dnll and sdnll are unused without grad.
+        Labels count from the end when negative; ``bad`` is the number outside [-k, k)
+        (their rows are computed for class 0: the caller raises the op's error).
+        The arrays are data pointers, or with ``pyobj`` ndarray object addresses.
 
-The loops are explicit 8-lane vector code, four vectors per iteration, with a scalar tail:
-the loop vectorizer does not reorder float reductions (max, sum), and on the exp loop it
-chose one vector per iteration, whose ~50-cycle dependency chain then bounded the loop
-(measured 4x slower than four independent chains). The max ignores nan (a vector select),
-which changes nothing: a nan in a row makes its exp sum nan and with it every softmax entry
-and the nll, as in the reference. 1/sum times e differs from the reference's e / sum by at
-most one rounding.
+The loops are explicit 8-lane vector code, ``unroll`` vectors per iteration, with a scalar
+tail: the loop vectorizer does not reorder float reductions (max, sum). The max ignores nan
+(a vector select), which changes nothing: a nan in a row makes its exp sum nan and with it
+every softmax entry and the nll, as in the reference. d/sum times e differs from the
+reference's e / sum (times d) by at most one rounding (two).
 """
 from __future__ import annotations
 
@@ -27,23 +31,31 @@ import os
 from llvmlite import ir
 
 from . import jit
-from .codegen import emit_for
+from .codegen import DATA_OFFSET, emit_for
 from .vmath import LN2_HI, LN2_LO, LOG2E, MathBuilder, log_f32
 
 F32 = ir.FloatType()
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
+I8 = ir.IntType(8)
 PTR = ir.PointerType()
 LANES = 8
-UNROLL = 4                  # independent vectors per iteration (hides the latency chains)
+UNROLL = 4                  # independent accumulators per iteration of the max and scale loops
 VEC = ir.VectorType(F32, LANES)
 
-# exp(t) below this is under float32's smallest normal (2^-126): such entries count as 0, an
-# absolute error under 1.2e-38 next to the row's largest entry exp(0) = 1.
-_EXP_FLOOR = -87.0
-_ROUNDER = 12582912.0       # 1.5 * 2^23: t + _ROUNDER rounds t to an integer in its low bits
-_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-             1.6666665459e-1, 5.0000001201e-1)          # Cephes expf, as graphc's vmath
+# exp(t) for t <= _EXP_FLOOR is 0: t is clamped there, where n = round(t / ln 2) = -127 and
+# the 2^n built from the low bits of k below is +0.0. Entries with exp(t) under float32's
+# smallest normal (2^-126) are 0 or denormal, an absolute error under 1.2e-38 next to the row's
+# largest entry exp(0) = 1.
+_EXP_FLOOR = -88.0
+# t * log2(e) + _ROUNDER rounds t / ln 2 to an integer n kept in the low mantissa bits:
+# bits(k) = bits(1.5 * 2^23) + n + 127, and bits(1.5 * 2^23) << 23 wraps to 0, so
+# bits(k) << 23 = bits(2^n) for n in [-126, 0] and 0 for n = -127.
+_ROUNDER = 12582912.0 + 127.0
+# exp(r) ~ 1 + r + r^2 (c2 + r (c3 + r (c4 + r (c5 + r c6)))) on |r| <= ln(2)/2: a degree-6
+# minimax fit of the relative error (3e-9; 7e-8 with float32 rounding, as Cephes' degree 7)
+_EXP_POLY = (1.3814382255077362e-3, 8.36875382810831e-3, 4.166839271783829e-2,
+             0.1666651964187622, 0.4999999403953552, 1.0, 1.0)
 
 
 class _Lanes:
@@ -76,24 +88,21 @@ class _Lanes:
 
     def exp_nonpositive(self, t):
         """exp(t) for the shifted logits t = z - max(z): t <= 0, or nan (-inf for masked
-        entries, nan where the row holds nan or inf). vmath's expf handles any x; here half
-        its work goes: no overflow, no denormal results, and 2^n from the bits of the rounded
-        value instead of a float -> int conversion. Max rel. error ~1.2e-7."""
+        entries, nan where the row holds nan or inf). vmath's expf handles any x; here less
+        work is needed: no overflow, no denormal scaling, and 2^n from the bits of the rounded
+        value (no float -> int conversion, no select after the fact). Max rel. error ~1.2e-7."""
         b, c = self.b, self.c
-        small = b.fcmp_ordered("<", t, c(_EXP_FLOOR))      # false for nan: it stays nan
-        tc = b.select(small, c(_EXP_FLOOR), t)
-        k = self.fma(tc, c(LOG2E), c(_ROUNDER))              # low bits: n = round(t / ln 2)
+        # clamp: t < floor is false for nan, which stays nan through to the result
+        tc = b.select(b.fcmp_ordered("<", t, c(_EXP_FLOOR)), c(_EXP_FLOOR), t)
+        k = self.fma(tc, c(LOG2E), c(_ROUNDER))
         n = b.fsub(k, c(_ROUNDER))
         r = self.fma(n, c(-LN2_HI), tc)
         r = self.fma(n, c(-LN2_LO), r)
         p = c(_EXP_POLY[0])
         for coef in _EXP_POLY[1:]:
             p = self.fma(p, r, c(coef))
-        y = b.fadd(self.fma(p, b.fmul(r, r), r), c(1.0))
-        # bits(k) = bits(_ROUNDER) + n, and bits(_ROUNDER) << 23 wraps to 0: 2^n, n >= -126
-        bits = b.shl(b.bitcast(k, self.ity), c(23, self.ity))
-        scale = b.bitcast(b.add(bits, c(127 << 23, self.ity)), self.ty)
-        return b.select(small, c(0.0), b.fmul(y, scale))
+        scale = b.bitcast(b.shl(b.bitcast(k, self.ity), c(23, self.ity)), self.ty)
+        return b.fmul(p, scale)
 
 
 def _loop(b: ir.IRBuilder, start, stop, step, body, carried=()):
@@ -102,23 +111,24 @@ def _loop(b: ir.IRBuilder, start, stop, step, body, carried=()):
                     lambda j, phis: body(j, *phis))
 
 
-def _row_loop(b, k, body, init, combine):
-    """Over j in [0, k): ``body(lanes, j, acc) -> acc`` on UNROLL independent vectors per
-    iteration while UNROLL*LANES values remain, then on one vector while LANES remain, then
+def _row_loop(b, k, body, init, combine, unroll=UNROLL):
+    """Over j in [0, k): ``body(lanes, j, acc) -> acc`` on ``unroll`` independent vectors per
+    iteration while unroll*LANES values remain, then on one vector while LANES remain, then
     on scalars; the accumulators (starting at ``init``) are combined with
     ``combine(lanes, a, b)`` and the total returned."""
-    width = LANES * UNROLL
+    width = LANES * unroll
     kv = b.and_(k, ir.Constant(I64, -width))
     k1 = b.and_(k, ir.Constant(I64, -LANES))
     vec, one = _Lanes(b, True), _Lanes(b, False)
 
     def vbody(j, *accs):
         return [body(vec, b.add(j, ir.Constant(I64, LANES * u)), a) for u, a in enumerate(accs)]
-    accs = _loop(b, ir.Constant(I64, 0), kv, width, vbody, [vec.c(init)] * UNROLL)
+    accs = _loop(b, ir.Constant(I64, 0), kv, width, vbody, [vec.c(init)] * unroll)
     acc = accs[0]
     for a in accs[1:]:
         acc = combine(vec, acc, a)
-    (acc,) = _loop(b, kv, k1, LANES, lambda j, a: [body(vec, j, a)], [acc])
+    if unroll > 1:
+        (acc,) = _loop(b, kv, k1, LANES, lambda j, a: [body(vec, j, a)], [acc])
     s = b.extract_element(acc, ir.Constant(I64, 0))
     for lane in range(1, LANES):
         s = combine(one, s, b.extract_element(acc, ir.Constant(I64, lane)))
@@ -137,18 +147,29 @@ def _splat(b, v):
                             ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
 
 
-def softmax_rows_ir(bias: bool) -> str:
+def softmax_rows_ir(bias: bool, grad: bool, label_bits: int, pyobj: bool) -> str:
     mod = ir.Module()
-    args = [I64, I64, I64, PTR, I64, PTR, PTR, I64, PTR, PTR]
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), args), name=jit.PLACEHOLDER)
-    lo, hi, k, x, sx, bp, sm, ssm, labels, nll = fn.args
-    for a in (x, bp, sm, labels, nll):
-        a.add_attribute("noalias")
+    args = [I64, I64, I64, PTR, I64, PTR, PTR, I64, PTR, PTR, PTR, I64]
+    fn = ir.Function(mod, ir.FunctionType(I64, args), name=jit.PLACEHOLDER)
+    lo, hi, k, x, sx, bp, out, sout, labels, nll, dnll, sdnll = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if pyobj:       # the array arguments are PyArrayObject addresses: their data pointers
+        def data(a):
+            return b.load(b.gep(a, [ir.Constant(I64, DATA_OFFSET)], source_etype=I8), typ=PTR)
+        x, out, labels, nll = data(x), data(out), data(labels), data(nll)
+        bp = data(bp) if bias else bp
+        dnll = data(dnll) if grad else dnll
+    scalar = _Lanes(b, False)
+    lty = ir.IntType(label_bits)
 
-    def row(i):
+    def row(i, bad):
         xr = _at(b, x, b.mul(i, sx))
-        smr = _at(b, sm, b.mul(i, ssm))
+        outr = _at(b, out, b.mul(i, sout))
+        label = b.load(b.gep(labels, [i], source_etype=lty), typ=lty)
+        label = b.sext(label, I64) if label_bits < 64 else label
+        wrong = b.or_(b.icmp_signed("<", label, b.neg(k)), b.icmp_signed(">=", label, k))
+        label = b.select(b.icmp_signed("<", label, ir.Constant(I64, 0)), b.add(label, k), label)
+        label = b.select(wrong, ir.Constant(I64, 0), label)     # counted; the caller raises
 
         def z(lanes, j):
             v = lanes.load(_at(b, xr, j))
@@ -156,30 +177,34 @@ def softmax_rows_ir(bias: bool) -> str:
 
         top = _row_loop(b, k, lambda L, j, acc: L.max(acc, z(L, j)), float("-inf"),
                         lambda L, u, v: L.max(u, v))
-
         shift = {True: _splat(b, top), False: top}
 
         def exp_sum(lanes, j, acc):
             e = lanes.exp_nonpositive(b.fsub(z(lanes, j), shift[lanes.vec]))
-            b.store(e, _at(b, smr, j), align=4)
+            b.store(e, _at(b, outr, j), align=4)
             return b.fadd(acc, e)
-        s = _row_loop(b, k, exp_sum, 0.0, lambda L, u, v: b.fadd(u, v))
-        r = b.fdiv(ir.Constant(F32, 1.0), s)
+        # one vector per iteration: the optimizer unrolls it 4x without register spills
+        # (independent vectors of our own, 2 or 4, spilled), and out-of-order execution
+        # overlaps the exp chains (~40 cycles) of successive iterations
+        s = _row_loop(b, k, exp_sum, 0.0, lambda L, u, v: b.fadd(u, v), unroll=1)
+        d = b.load(_at(b, dnll, b.mul(i, sdnll)), typ=F32) if grad else ir.Constant(F32, 1.0)
+        r = b.fdiv(d, s)
         factor = {True: _splat(b, r), False: r}
 
         def scale(lanes, j, acc):           # no reduction: the accumulators stay unused
-            p = _at(b, smr, j)
+            p = _at(b, outr, j)
             b.store(b.fmul(lanes.load(p), factor[lanes.vec]), p, align=4)
             return acc
         _row_loop(b, k, scale, 0.0, lambda L, u, v: u)
-        label = b.load(b.gep(labels, [i], source_etype=I64), typ=I64)
-        label = b.select(b.icmp_signed("<", label, ir.Constant(I64, 0)), b.add(label, k), label)
-        picked = b.fsub(z(_Lanes(b, False), label), top)
+        if grad:                            # dx = d * (sm - onehot(label))
+            p = _at(b, outr, label)
+            b.store(b.fsub(scalar.load(p), d), p)
+        picked = b.fsub(z(scalar, label), top)
         b.store(b.fsub(log_f32(MathBuilder(b), s), picked), _at(b, nll, i))
-        return []
+        return [b.add(bad, b.zext(wrong, I64))]
 
-    _loop(b, lo, hi, 1, row)
-    b.ret_void()
+    (bad,) = _loop(b, lo, hi, 1, row, [ir.Constant(I64, 0)])
+    b.ret(bad)
     return str(mod)
 
 
@@ -196,7 +221,11 @@ def _source_hash() -> str:
     return _SOURCE_HASH
 
 
-def load_softmax_rows(bias: bool) -> int:
-    """Address of softmax_rows, with or without the bias operand."""
-    key = jit.cache_key("rowsoftmax-nll", str(bias), _source_hash())
-    return jit.load_function(key, lambda: softmax_rows_ir(bias), title=f"softmax_rows bias={bias}")
+def load_softmax_rows(bias: bool, grad: bool, label_bits: int = 64, pyobj: bool = False) -> int:
+    """Address of softmax_rows: with or without the bias operand, writing the softmax or
+    (grad) the gradient of the nll, for int32 or int64 labels, taking data pointers or
+    (pyobj) ndarray object addresses."""
+    key = jit.cache_key("rowsoftmax-nll", str(bias), str(grad), str(label_bits), str(pyobj),
+                        _source_hash())
+    return jit.load_function(key, lambda: softmax_rows_ir(bias, grad, label_bits, pyobj),
+                             title=f"softmax_rows bias={bias} grad={grad}")
