@@ -510,3 +510,4 @@ class LLVMLinker:
 
 # native steps of the nnet ops (cross-entropy, convolution, pooling) register themselves
 from graphc.link import llvm_ops  # noqa: E402,F401
+from graphc.link import llvm_conv  # noqa: E402,F401
