@@ -1,9 +1,9 @@
 """The blocked convolution steps of graphc/link/llvm_conv.py and the im2col / col2im kernels
 of graphc/backend/llvm/convblock.py, against numpy and the reference backend.
 
-The steps' block size, thread and per-image thresholds are module constants: the tests set
-them so that small shapes take every route (several blocks, a partial last block, two
-threads, one product per image or per block) that LeNet-sized ones take by default.
+The steps' block size and thresholds are module constants: the tests set them so that small
+shapes take every route (several blocks, two threads, the direct forward, one product per
+image or per block) that LeNet-sized ones take by default.
 """
 from __future__ import annotations
 
@@ -73,14 +73,45 @@ def test_im2col_and_col2im_kernels(case, dtype):
     assert (big[:, 0] == 7.0).all() and (big[..., :2] == 7.0).all()   # outside: untouched
 
 
+DIRECT_CASES = [  # (n, C, H, W, O, kh, kw, sh, dilation)
+    (3, 1, 28, 28, 20, 5, 5, 1, (1, 1)),     # LeNet's first layer: filters in 12 + 8
+    (2, 2, 9, 13, 11, 3, 2, 2, (2, 1)),      # 8 + 2 + 1 filters, ow = 12: vector + tail
+    (1, 3, 5, 5, 3, 5, 5, 1, (1, 1)),        # one output pixel: scalars only
+    (2, 1, 12, 30, 25, 3, 3, 1, (1, 3)),     # 12 + 12 + 1 filters
+]
+
+
+@pytest.mark.parametrize("case", DIRECT_CASES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_direct_forward_kernel(case, dtype):
+    n, C, H, W, O, kh, kw, sh, (dh, dw) = case
+    oh, ow = (H - dh * (kh - 1) - 1) // sh + 1, W - dw * (kw - 1)
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4)(load_convblock("direct", dtype))
+    src = rng.standard_normal((n, C + 1, H, W)).astype(dtype)[:, 1:]
+    w = rng.standard_normal((O, C, kh, kw)).astype(dtype)
+    wt = np.ascontiguousarray(w.reshape(O, -1).T)
+    out = np.empty((n, O, oh, ow), dtype)
+    meta = np.array([C, kh, kw, oh, ow, n, sh, dh, dw,
+                     *[s // src.itemsize for s in src.strides[:3]], O], np.int64)
+    fn(meta.ctypes.data, src.ctypes.data, wt.ctypes.data, out.ctypes.data)
+    want = np.zeros(out.shape)
+    for (i, j), view in _windows(src, kh, kw, oh, ow, (sh, 1), (dh, dw)).items():
+        want += np.einsum("bchw,oc->bohw", view, w[:, :, i, j])
+    np.testing.assert_allclose(out, want, rtol=1e-4 if dtype == "float32" else 1e-12,
+                               atol=1e-4 if dtype == "float32" else 1e-12)
+
+
 # --------------------------------------------------------------------------- steps
-@pytest.fixture(params=["per_image", "per_block"])
+@pytest.fixture(params=["direct", "per_image", "per_block"])
 def small_blocks(request, monkeypatch):
-    """Blocks of one or two images on two threads, products per image or per block."""
-    monkeypatch.setattr(llvm_conv, "_BLOCK_BYTES", 1)          # one image per block ...
+    """Blocks of one image on two threads; the forward direct (when the geometry allows)
+    or through patches, the products per image or per block."""
+    monkeypatch.setattr(llvm_conv, "_BLOCK_BYTES", 1)
     monkeypatch.setattr(llvm_conv, "_THREADS_MIN", 0)
     monkeypatch.setattr(llvm_conv, "_PER_IMAGE_MIN",
-                        0 if request.param == "per_image" else 1 << 30)
+                        1 << 30 if request.param == "per_block" else 0)
+    if request.param != "direct":
+        monkeypatch.setattr(llvm_conv, "_DIRECT_MAX_TAPS", 0)
     kernel.set_num_threads(2)
     yield request.param
     kernel.set_num_threads(None)
@@ -130,18 +161,21 @@ def test_blocked_conv_and_grads(small_blocks, xs, ws, kw, dtype):
     assert _blocked_kinds(f) == {"Conv2d", "Conv2dGradInputs", "Conv2dGradWeights"}
 
 
-def test_blocked_default_sizes_two_threads():
-    """LeNet's second layer at a smaller batch with the module's own thresholds: blocks of
+@pytest.mark.parametrize("image,filters", [((20, 12, 12), (50, 20, 5, 5)),   # LeNet layer 2
+                                           ((1, 28, 28), (20, 1, 5, 5))])    # layer 1
+def test_blocked_default_sizes_two_threads(image, filters):
+    """LeNet's layers at smaller batches with the module's own thresholds: blocks of
     several images, two threads, a partial last block; repeated calls reuse the scratch."""
     kernel.set_num_threads(2)
     try:
         inputs, outs = _conv_graph("float32", {})
         f = graphc.function(inputs, outs, mode=NATIVE)
         ref = graphc.function(inputs, outs, mode=graphc.Mode(linker="py", optimizer=None))
+        ohw = tuple(n - k + 1 for n, k in zip(image[1:], filters[2:]))
         for batch in (37, 37, 8):
-            vals = [rng.standard_normal((batch, 20, 12, 12)).astype(np.float32),
-                    rng.standard_normal((50, 20, 5, 5)).astype(np.float32),
-                    rng.standard_normal((batch, 50, 8, 8)).astype(np.float32)]
+            vals = [rng.standard_normal((batch,) + image).astype(np.float32),
+                    rng.standard_normal(filters).astype(np.float32),
+                    rng.standard_normal((batch, filters[0]) + ohw).astype(np.float32)]
             for got, want in zip(f(*vals), ref(*vals)):
                 np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * np.abs(want).max())
     finally:
