@@ -101,6 +101,26 @@ def test_direct_forward_kernel(case, dtype):
                                atol=1e-4 if dtype == "float32" else 1e-12)
 
 
+@pytest.mark.parametrize("case", DIRECT_CASES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_direct_weight_gradient_kernel(case, dtype):
+    n, C, H, W, O, kh, kw, sh, (dh, dw) = case
+    oh, ow = (H - dh * (kh - 1) - 1) // sh + 1, W - dw * (kw - 1)
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 4)(load_convblock("direct_gw", dtype))
+    src = rng.standard_normal((n, C + 1, H, W)).astype(dtype)[:, 1:]
+    g = rng.standard_normal((n, O, oh, ow)).astype(dtype)
+    acc = np.full((O, C * kh * kw), 0.5, dtype)        # the kernel adds to it
+    meta = np.array([C, kh, kw, oh, ow, n, sh, dh, dw,
+                     *[s // src.itemsize for s in src.strides[:3]], O], np.int64)
+    fn(meta.ctypes.data, src.ctypes.data, g.ctypes.data, acc.ctypes.data)
+    want = np.full((O, C, kh, kw), 0.5)
+    for (i, j), view in _windows(src, kh, kw, oh, ow, (sh, 1), (dh, dw)).items():
+        want[:, :, i, j] += np.einsum("bohw,bchw->oc", g, view)
+    np.testing.assert_allclose(acc.reshape(want.shape), want,
+                               rtol=1e-4 if dtype == "float32" else 1e-12,
+                               atol=1e-3 if dtype == "float32" else 1e-11)
+
+
 # --------------------------------------------------------------------------- steps
 @pytest.fixture(params=["direct", "per_image", "per_block"])
 def small_blocks(request, monkeypatch):

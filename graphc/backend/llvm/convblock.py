@@ -273,11 +273,115 @@ def direct_ir(dtype: str) -> str:
     return str(mod)
 
 
+# ------------------------------------------------------------- direct weight gradient
+# The weight gradient of a filter with few taps, without patches: for a tile of OT filters
+# x KT taps, OT*KT vector accumulators run over every (image, row, 8-column run) of the
+# block, from OT output-gradient loads and KT input loads per step.
+#
+#   conv_direct_gw(meta, src, dout, acc)
+#       meta as conv_direct's; dout C-contiguous (n, O, oh, ow); acc C-contiguous
+#       (O, C*kh*kw), added to:
+#       acc[o, (c*kh + i)*kw + j] += sum_{b,y,x} dout[b, o, y, x] * src[b, c, y*sh + i*dh, x + j*dw]
+GW_FILTERS, GW_TAPS = 4, 2  # tile: 8 accumulators + 4 gradient rows + 1 input (13 registers)
+
+
+def _merge(b, et, *incoming):
+    """phi of (value, block) pairs, at the builder's position (a join block)."""
+    phi = b.phi(et)
+    for v, blk in incoming:
+        phi.add_incoming(v, blk)
+    return phi
+
+
+def direct_gw_ir(dtype: str) -> str:
+    et = ir.FloatType() if dtype == "float32" else ir.DoubleType()
+    mod = ir.Module()
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [PTR] * 4), name=jit.PLACEHOLDER)
+    meta, src, dout, acc = fn.args
+    for a in (src, dout, acc):
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    m = {name: b.load(b.gep(meta, [ir.Constant(I64, k)], source_etype=I64), typ=I64)
+         for k, name in enumerate(_DIRECT_FIELDS)}
+    mul, add = b.mul, b.add
+    zero = ir.Constant(I64, 0)
+    lanes = 32 // et_bytes(et)
+    khw = mul(m["kh"], m["kw"])
+    K = mul(m["C"], khw)
+    plane_out = mul(m["oh"], m["ow"])
+
+    def tap_offset(k):
+        """Offset in an image of tap k = (c*kh + i)*kw + j: c*s_c + i*dh*s_r + j*dw."""
+        c, r = b.sdiv(k, khw), b.srem(k, khw)
+        i, j = b.sdiv(r, m["kw"]), b.srem(r, m["kw"])
+        return add(mul(c, m["sc"]), add(mul(mul(i, m["dh"]), m["sr"]), mul(j, m["dw"])))
+
+    def tile(o0, ot, k0, kt):
+        taps = [tap_offset(add(k0, ir.Constant(I64, t))) for t in range(kt)]
+
+        def run(wid, x0, x1, accs):
+            vt = et if wid == 1 else ir.VectorType(et, wid)
+
+            def image(bi, *accs):
+                def out_row(y, *accs):
+                    srow = add(mul(bi, m["sb"]), mul(mul(y, m["sh"]), m["sr"]))
+                    drow = add(mul(mul(bi, m["O"]), plane_out), mul(y, m["ow"]))
+
+                    def step(x, *accs):
+                        g = [_load(b, b.gep(dout, [add(add(drow, mul(add(o0, ir.Constant(
+                            I64, o)), plane_out)), x)], source_etype=et), et, wid)
+                            for o in range(ot)]
+                        new = list(accs)
+                        for t in range(kt):
+                            v = _load(b, b.gep(src, [add(srow, add(taps[t], x))],
+                                               source_etype=et), et, wid)
+                            for o in range(ot):
+                                n = o * kt + t
+                                new[n] = b.fadd(new[n], b.fmul(g[o], v, flags=("contract",)),
+                                                flags=("contract",))
+                        return new
+                    return _loop(b, x0, x1, wid, step, accs)
+                return _loop(b, zero, m["oh"], 1, out_row, accs)
+            return _loop(b, zero, m["n"], 1, image,
+                         accs or [ir.Constant(vt, [0.0] * wid if wid > 1 else 0.0)] * (ot * kt))
+
+        wide = b.and_(m["ow"], ir.Constant(I64, -lanes))
+        vecs = run(lanes, zero, wide, None)
+        scalar_zero = ir.Constant(et, 0.0)
+        before = b.block
+        with b.if_then(b.icmp_signed("<", wide, m["ow"])):     # columns past the vectors
+            tails = run(1, wide, m["ow"], None)
+            tails_end = b.block
+        tails = [_merge(b, et, (scalar_zero, before), (t, tails_end)) for t in tails]
+        for o in range(ot):
+            for t in range(kt):
+                n = o * kt + t
+                total = tails[n]
+                for lane in range(lanes):
+                    total = b.fadd(total, b.extract_element(vecs[n], ir.Constant(I64, lane)))
+                p = b.gep(acc, [add(mul(add(o0, ir.Constant(I64, o)), K),
+                                    add(k0, ir.Constant(I64, t)))], source_etype=et)
+                b.store(b.fadd(b.load(p, typ=et), total), p)
+
+    def tiles(o0, ot):
+        """Every tap for filters [o0, o0 + ot): tiles of GW_TAPS taps, then single taps."""
+        full = b.sub(K, b.srem(K, ir.Constant(I64, GW_TAPS)))
+        _loop(b, zero, full, GW_TAPS, lambda k0: tile(o0, ot, k0, GW_TAPS) or [])
+        _loop(b, full, K, 1, lambda k0: tile(o0, ot, k0, 1) or [])
+
+    full = b.sub(m["O"], b.srem(m["O"], ir.Constant(I64, GW_FILTERS)))
+    _loop(b, zero, full, GW_FILTERS, lambda o0: tiles(o0, GW_FILTERS) or [])
+    _loop(b, full, m["O"], 1, lambda o0: tiles(o0, 1) or [])
+    b.ret_void()
+    return str(mod)
+
+
 _SOURCE_HASH = None
 
 
 def load_convblock(kind: str, dtype: str) -> int:
-    """Address of ``kind`` ('im2col', 'col2im' or 'direct') for float32 or float64."""
+    """Address of ``kind`` ('im2col', 'col2im', 'direct' or 'direct_gw') for float32 or
+    float64."""
     global _SOURCE_HASH
     if _SOURCE_HASH is None:
         h = hashlib.sha256()
@@ -286,6 +390,7 @@ def load_convblock(kind: str, dtype: str) -> int:
             with open(os.path.join(here, name), "rb") as f:
                 h.update(f.read())
         _SOURCE_HASH = h.hexdigest()
-    make = {"im2col": im2col_ir, "col2im": col2im_ir, "direct": direct_ir}[kind]
+    make = {"im2col": im2col_ir, "col2im": col2im_ir, "direct": direct_ir,
+            "direct_gw": direct_gw_ir}[kind]
     key = jit.cache_key("convblock", kind, dtype, _SOURCE_HASH)
     return jit.load_function(key, lambda: make(dtype), title=f"{kind} block {dtype}")
