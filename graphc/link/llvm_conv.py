@@ -177,7 +177,9 @@ class _Geometry:
         self.ow = (self.wp - self.dil[1] * (self.kw - 1) - 1) // self.sub[1] + 1
         self.K, self.P = C * self.kh * self.kw, self.oh * self.ow
         self.per_image = self.P >= _PER_IMAGE_MIN
-        self.direct = self.sub[1] == 1 and self.K <= _DIRECT_MAX_TAPS
+        # (convblock's direct kernels take rows of at least one 256-bit vector)
+        self.direct = self.sub[1] == 1 and self.K <= _DIRECT_MAX_TAPS and \
+            self.ow * itemsize >= 32
         work = B * O * self.K * self.P
         self.threads = max(1, min(threads, B)) if work >= _THREADS_MIN else 1
         per_image_bytes = self.K * self.P * itemsize

@@ -73,11 +73,12 @@ def test_im2col_and_col2im_kernels(case, dtype):
     assert (big[:, 0] == 7.0).all() and (big[..., :2] == 7.0).all()   # outside: untouched
 
 
-DIRECT_CASES = [  # (n, C, H, W, O, kh, kw, sh, dilation)
-    (3, 1, 28, 28, 20, 5, 5, 1, (1, 1)),     # LeNet's first layer: filters in 12 + 8
-    (2, 2, 9, 13, 11, 3, 2, 2, (2, 1)),      # 8 + 2 + 1 filters, ow = 12: vector + tail
-    (1, 3, 5, 5, 3, 5, 5, 1, (1, 1)),        # one output pixel: scalars only
-    (2, 1, 12, 30, 25, 3, 3, 1, (1, 3)),     # 12 + 12 + 1 filters
+DIRECT_CASES = [  # (n, C, H, W, O, kh, kw, sh, dilation); rows of ow >= 8 columns
+    (3, 1, 28, 28, 20, 5, 5, 1, (1, 1)),     # LeNet's first layer: filters 0-11, 8-19
+    (2, 2, 9, 13, 11, 3, 2, 2, (2, 1)),      # passes of 4 filters, ow = 12: runs overlap
+    (1, 3, 5, 13, 3, 5, 5, 1, (1, 1)),       # one output row of 9, single filters
+    (2, 1, 12, 30, 25, 3, 3, 1, (1, 3)),     # 12 + 12 + an overlapping pass of 12
+    (2, 2, 6, 8, 4, 2, 1, 1, (1, 1)),        # float64: two runs of 4 in a row of 8
 ]
 
 

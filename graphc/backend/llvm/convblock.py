@@ -26,7 +26,7 @@ import os
 from llvmlite import ir
 
 from . import jit
-from .softmax import _loop
+from .codegen import _DistinctMD, emit_for
 
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
@@ -45,6 +45,20 @@ def _function(dtype, name_args):
     m = {name: b.load(b.gep(meta, [ir.Constant(I64, k)], source_etype=I64), typ=I64)
          for k, name in enumerate(_FIELDS)}
     return mod, b, et, m, a, c
+
+
+def _loop(b: ir.IRBuilder, start, stop, step, body, carried=()):
+    """for (j = start; j < stop; j += step) carried = body(j, *carried); returns carried.
+    The loop is marked not to be vectorized or unrolled: the kernels here are vectorized by
+    hand, and LLVM's attempts on their many small nested loops (a copy per register tiling)
+    took most of a second per kernel at a cold compile."""
+    mod = b.module
+    hints = [mod.add_metadata([ir.MetaDataString(mod, "llvm.loop.vectorize.enable"),
+                               ir.Constant(ir.IntType(1), 0)]),
+             mod.add_metadata([ir.MetaDataString(mod, "llvm.loop.unroll.disable")])]
+    loop_id = _DistinctMD(mod, hints, self_ref=True)
+    return emit_for(b, start, stop, ir.Constant(I64, step), list(carried),
+                    lambda j, phis: body(j, *phis), loop_id)
 
 
 def _no_builtins(text: str) -> str:
@@ -177,135 +191,145 @@ def col2im_ir(dtype: str) -> str:
     return _no_builtins(str(mod))
 
 
-# ------------------------------------------------------------------ direct forward
+# ------------------------------------------------------------------ direct kernels
 # For filters with few taps (C*kh*kw: LeNet's first layer has 25), a product with so short
 # an inner dimension runs BLAS at half speed, and im2col and the layout copy cost as much
-# again.  This kernel computes each 8-column run of an output row for 12 filters at once:
-# 12 vector accumulators, one input load and 12 broadcast weights per tap (the weights
-# transposed, so that a tap's weights are adjacent: one base pointer for all).
+# again.  These kernels work on 8-column runs of output rows (4 in float64) held in vector
+# registers; the last run of a row starts at ow - 8 (so ow >= 8 is required), overlapping
+# the one before it.  Each loop nest is emitted once per register tiling: every copy costs
+# LLVM optimizer time at the first (cold) compile.
 #
-#   conv_direct(meta, src, w, out)
+#   conv_direct(meta, src, wt, out)
 #       meta: int64 [C, kh, kw, oh, ow, n, sh, dh, dw, s_b, s_c, s_r, O]; src as above with
 #       unit column stride (sw == 1); wt C-contiguous (C*kh*kw, O), flipped by the caller
 #       for a true convolution; out C-contiguous (n, O, oh, ow):
 #       out[b, o, y, x] = sum_{c,i,j} wt[(c*kh + i)*kw + j, o] * src[b, c, y*sh + i*dh, x + j*dw]
-_DIRECT_FIELDS = ("C", "kh", "kw", "oh", "ow", "n", "sh", "dh", "dw", "sb", "sc", "sr", "O")
-DIRECT_GROUP = 12           # filters per pass: 12 accumulators + input + weight registers
-
-
-def direct_ir(dtype: str) -> str:
-    et = ir.FloatType() if dtype == "float32" else ir.DoubleType()
-    mod = ir.Module()
-    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [PTR] * 4), name=jit.PLACEHOLDER)
-    meta, src, w, out = fn.args
-    for a in (src, w, out):
-        a.add_attribute("noalias")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    m = {name: b.load(b.gep(meta, [ir.Constant(I64, k)], source_etype=I64), typ=I64)
-         for k, name in enumerate(_DIRECT_FIELDS)}
-    mul, add = b.mul, b.add
-    zero = ir.Constant(I64, 0)
-    lanes = 32 // et_bytes(et)
-    plane_out = mul(m["oh"], m["ow"])
-
-    def columns(bi, y, o0, og, x, wid):
-        """out[bi, o0:o0+og, y, x:x+wid]: og accumulators of wid lanes over every tap."""
-        vt = et if wid == 1 else ir.VectorType(et, wid)
-        zeros = [ir.Constant(vt, [0.0] * wid if wid > 1 else 0.0)] * og
-
-        def chan(c, *accs):
-            base = add(mul(bi, m["sb"]), mul(c, m["sc"]))
-
-            def tap_row(i, *accs):
-                r = add(mul(y, m["sh"]), mul(i, m["dh"]))
-                row = add(base, add(mul(r, m["sr"]), x))
-                k0 = mul(add(mul(c, m["kh"]), i), m["kw"])
-
-                def tap(j, *accs):
-                    v = _load(b, b.gep(src, [add(row, mul(j, m["dw"]))], source_etype=et),
-                              et, wid)
-                    wrow = b.gep(w, [add(mul(add(k0, j), m["O"]), o0)], source_etype=et)
-                    new = []
-                    for o, acc in enumerate(accs):
-                        wk = b.load(b.gep(wrow, [ir.Constant(I64, o)], source_etype=et),
-                                    typ=et)
-                        if wid > 1:
-                            wk = b.insert_element(ir.Constant(vt, ir.Undefined), wk,
-                                                  ir.Constant(ir.IntType(32), 0))
-                            wk = b.shuffle_vector(wk, ir.Constant(vt, ir.Undefined),
-                                                  ir.Constant(ir.VectorType(ir.IntType(32),
-                                                                            wid), [0] * wid))
-                        # contract: one fused multiply-add (as BLAS computes the product)
-                        new.append(b.fadd(acc, b.fmul(wk, v, flags=("contract",)),
-                                          flags=("contract",)))
-                    return new
-                return _loop(b, zero, m["kw"], 1, tap, accs)
-            return _loop(b, zero, m["kh"], 1, tap_row, accs)
-        accs = _loop(b, zero, m["C"], 1, chan, zeros)
-        for o, acc in enumerate(accs):
-            at = add(mul(add(mul(bi, m["O"]), add(o0, ir.Constant(I64, o))), plane_out),
-                     add(mul(y, m["ow"]), x))
-            _store(b, acc, b.gep(out, [at], source_etype=et))
-
-    def filters(bi, y, o0, og):
-        wide = b.and_(m["ow"], ir.Constant(I64, -lanes))
-        _loop(b, zero, wide, lanes, lambda x: columns(bi, y, o0, og, x, lanes) or [])
-        _loop(b, wide, m["ow"], 1, lambda x: columns(bi, y, o0, og, x, 1) or [])
-
-    def image(bi):
-        def out_row(y):
-            # groups of DIRECT_GROUP filters, then the remainder r in passes of 8, 4, 2, 1
-            # (a pass of one filter waits on one accumulator's add latency at every tap)
-            rem = b.srem(m["O"], ir.Constant(I64, DIRECT_GROUP))
-            full = b.sub(m["O"], rem)
-            _loop(b, zero, full, DIRECT_GROUP,
-                  lambda o0: filters(bi, y, o0, DIRECT_GROUP) or [])
-            for og in (8, 4, 2, 1):
-                if og >= DIRECT_GROUP:
-                    continue
-                with b.if_then(b.icmp_signed("!=", b.and_(rem, ir.Constant(I64, og)), zero)):
-                    filters(bi, y, add(full, b.and_(rem, ir.Constant(I64, -2 * og))), og)
-            return []
-        _loop(b, zero, m["oh"], 1, out_row)
-        return []
-    _loop(b, zero, m["n"], 1, image)
-    b.ret_void()
-    return str(mod)
-
-
-# ------------------------------------------------------------- direct weight gradient
-# The weight gradient of a filter with few taps, without patches: for a tile of OT filters
-# x KT taps, OT*KT vector accumulators run over every (image, row, 8-column run) of the
-# block, from OT output-gradient loads and KT input loads per step.
+#       A pass takes 12 filters (12 accumulators, one input load and 12 broadcast weights
+#       per tap; the weights transposed so that they are adjacent), the last pass of a row
+#       starting at O - 12 (overwriting equal values); fewer filters: passes of 4, then 1.
 #
 #   conv_direct_gw(meta, src, dout, acc)
 #       meta as conv_direct's; dout C-contiguous (n, O, oh, ow); acc C-contiguous
 #       (O, C*kh*kw), added to:
 #       acc[o, (c*kh + i)*kw + j] += sum_{b,y,x} dout[b, o, y, x] * src[b, c, y*sh + i*dh, x + j*dw]
-GW_FILTERS, GW_TAPS = 4, 2  # tile: 8 accumulators + 4 gradient rows + 1 input (13 registers)
+#       Tiles of 4 filters x 2 taps (8 vector accumulators over every image, row and run,
+#       from 4 gradient and 2 input loads per step); remainders one filter x one tap.  An
+#       overlapping last run masks out the columns the runs before it counted.
+_DIRECT_FIELDS = ("C", "kh", "kw", "oh", "ow", "n", "sh", "dh", "dw", "sb", "sc", "sr", "O")
+DIRECT_GROUP = 12
+GW_FILTERS, GW_TAPS = 4, 2  # 8 accumulators + 4 gradient rows + 1 input (13 registers)
 
 
-def _merge(b, et, *incoming):
-    """phi of (value, block) pairs, at the builder's position (a join block)."""
-    phi = b.phi(et)
-    for v, blk in incoming:
-        phi.add_incoming(v, blk)
-    return phi
-
-
-def direct_gw_ir(dtype: str) -> str:
+def _direct_function(dtype):
     et = ir.FloatType() if dtype == "float32" else ir.DoubleType()
     mod = ir.Module()
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [PTR] * 4), name=jit.PLACEHOLDER)
-    meta, src, dout, acc = fn.args
-    for a in (src, dout, acc):
+    for a in fn.args[1:]:
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    m = {name: b.load(b.gep(meta, [ir.Constant(I64, k)], source_etype=I64), typ=I64)
+    m = {name: b.load(b.gep(fn.args[0], [ir.Constant(I64, k)], source_etype=I64), typ=I64)
          for k, name in enumerate(_DIRECT_FIELDS)}
+    return mod, b, et, m, fn.args[1:]
+
+
+def _runs(b, m, lanes, body, carried=()):
+    """body(x, base, *carried) over the runs of a row: base = t*lanes for t < ceil(ow/lanes)
+    and x = min(base, ow - lanes), the run's first column."""
+    lanes_c = ir.Constant(I64, lanes)
+    count = b.sdiv(b.add(m["ow"], ir.Constant(I64, lanes - 1)), lanes_c)
+    last = b.sub(m["ow"], lanes_c)
+
+    def run(t, *carried):
+        base = b.mul(t, lanes_c)
+        x = b.select(b.icmp_signed("<", base, last), base, last)
+        return body(x, base, *carried)
+    return _loop(b, ir.Constant(I64, 0), count, 1, run, carried)
+
+
+def _splat(b, v, lanes):
+    vt = ir.VectorType(v.type, lanes)
+    one = b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(ir.IntType(32), 0))
+    return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                            ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
+def _fma(b, acc, x, y):
+    # contract: one fused multiply-add, as BLAS computes the product
+    return b.fadd(acc, b.fmul(x, y, flags=("contract",)), flags=("contract",))
+
+
+def direct_ir(dtype: str) -> str:
+    mod, b, et, m, (src, wt, out) = _direct_function(dtype)
     mul, add = b.mul, b.add
     zero = ir.Constant(I64, 0)
     lanes = 32 // et_bytes(et)
+    vt = ir.VectorType(et, lanes)
+    plane_out = mul(m["oh"], m["ow"])
+
+    def passes(og):
+        """Every output row in passes of og filters, the last pass at O - og."""
+        count = b.sdiv(add(m["O"], ir.Constant(I64, og - 1)), ir.Constant(I64, og))
+        last = b.sub(m["O"], ir.Constant(I64, og))
+
+        def image(bi):
+            def out_row(y):
+                def group(g):
+                    o0 = mul(g, ir.Constant(I64, og))
+                    o0 = b.select(b.icmp_signed("<", o0, last), o0, last)
+                    _runs(b, m, lanes, lambda x, base: columns(bi, y, o0, og, x) or [])
+                    return []
+                return _loop(b, zero, count, 1, group) or []
+            return _loop(b, zero, m["oh"], 1, out_row) or []
+        _loop(b, zero, m["n"], 1, image)
+
+    def columns(bi, y, o0, og, x):
+        """out[bi, o0:o0+og, y, x:x+lanes]: og accumulators over every tap."""
+        def chan(c, *accs):
+            base = add(mul(bi, m["sb"]), mul(c, m["sc"]))
+
+            def tap_row(i, *accs):
+                row = add(base, add(mul(add(mul(y, m["sh"]), mul(i, m["dh"])), m["sr"]), x))
+                k0 = mul(add(mul(c, m["kh"]), i), m["kw"])
+
+                def tap(j, *accs):
+                    v = _load(b, b.gep(src, [add(row, mul(j, m["dw"]))], source_etype=et),
+                              et, lanes)
+                    wrow = b.gep(wt, [add(mul(add(k0, j), m["O"]), o0)], source_etype=et)
+                    return [_fma(b, acc, _splat(b, b.load(b.gep(wrow, [ir.Constant(I64, o)],
+                                                                source_etype=et), typ=et),
+                                                lanes), v)
+                            for o, acc in enumerate(accs)]
+                return _loop(b, zero, m["kw"], 1, tap, accs)
+            return _loop(b, zero, m["kh"], 1, tap_row, accs)
+        accs = _loop(b, zero, m["C"], 1, chan, [ir.Constant(vt, [0.0] * lanes)] * og)
+        for o, acc in enumerate(accs):
+            at = add(mul(add(mul(bi, m["O"]), add(o0, ir.Constant(I64, o))), plane_out),
+                     add(mul(y, m["ow"]), x))
+            _store(b, acc, b.gep(out, [at], source_etype=et))
+
+    # one nest per filter count class: O >= 12, 4 <= O < 12, O < 4
+    big = b.icmp_signed(">=", m["O"], ir.Constant(I64, DIRECT_GROUP))
+    mid = b.icmp_signed(">=", m["O"], ir.Constant(I64, 4))
+    with b.if_else(big) as (then, otherwise):
+        with then:
+            passes(DIRECT_GROUP)
+        with otherwise:
+            with b.if_else(mid) as (then4, then1):
+                with then4:
+                    passes(4)
+                with then1:
+                    passes(1)
+    b.ret_void()
+    return str(mod)
+
+
+def direct_gw_ir(dtype: str) -> str:
+    mod, b, et, m, (src, dout, acc) = _direct_function(dtype)
+    mul, add = b.mul, b.add
+    zero = ir.Constant(I64, 0)
+    lanes = 32 // et_bytes(et)
+    vt = ir.VectorType(et, lanes)
+    iota = ir.Constant(ir.VectorType(ir.IntType(32), lanes), list(range(lanes)))
     khw = mul(m["kh"], m["kw"])
     K = mul(m["C"], khw)
     plane_out = mul(m["oh"], m["ow"])
@@ -318,64 +342,85 @@ def direct_gw_ir(dtype: str) -> str:
 
     def tile(o0, ot, k0, kt):
         taps = [tap_offset(add(k0, ir.Constant(I64, t))) for t in range(kt)]
-
-        def run(wid, x0, x1, accs):
-            vt = et if wid == 1 else ir.VectorType(et, wid)
-
-            def image(bi, *accs):
-                def out_row(y, *accs):
-                    srow = add(mul(bi, m["sb"]), mul(mul(y, m["sh"]), m["sr"]))
-                    drow = add(mul(mul(bi, m["O"]), plane_out), mul(y, m["ow"]))
-
-                    def step(x, *accs):
-                        g = [_load(b, b.gep(dout, [add(add(drow, mul(add(o0, ir.Constant(
-                            I64, o)), plane_out)), x)], source_etype=et), et, wid)
-                            for o in range(ot)]
-                        new = list(accs)
-                        for t in range(kt):
-                            v = _load(b, b.gep(src, [add(srow, add(taps[t], x))],
-                                               source_etype=et), et, wid)
-                            for o in range(ot):
-                                n = o * kt + t
-                                new[n] = b.fadd(new[n], b.fmul(g[o], v, flags=("contract",)),
-                                                flags=("contract",))
-                        return new
-                    return _loop(b, x0, x1, wid, step, accs)
-                return _loop(b, zero, m["oh"], 1, out_row, accs)
-            return _loop(b, zero, m["n"], 1, image,
-                         accs or [ir.Constant(vt, [0.0] * wid if wid > 1 else 0.0)] * (ot * kt))
-
         wide = b.and_(m["ow"], ir.Constant(I64, -lanes))
-        vecs = run(lanes, zero, wide, None)
-        scalar_zero = ir.Constant(et, 0.0)
-        before = b.block
-        with b.if_then(b.icmp_signed("<", wide, m["ow"])):     # columns past the vectors
-            tails = run(1, wide, m["ow"], None)
-            tails_end = b.block
-        tails = [_merge(b, et, (scalar_zero, before), (t, tails_end)) for t in tails]
+        last = b.sub(m["ow"], ir.Constant(I64, lanes))
+
+        def image(bi, *accs):
+            def out_row(y, *accs):
+                srow = add(mul(bi, m["sb"]), mul(mul(y, m["sh"]), m["sr"]))
+                drow = add(mul(mul(bi, m["O"]), plane_out), mul(y, m["ow"]))
+
+                def run(x, accs, fresh=None):
+                    g = [_load(b, b.gep(dout, [add(add(drow, mul(add(o0, ir.Constant(I64, o)),
+                                                                 plane_out)), x)],
+                                       source_etype=et), et, lanes) for o in range(ot)]
+                    if fresh is not None:
+                        g = [b.select(fresh, v, ir.Constant(vt, [0.0] * lanes)) for v in g]
+                    new = list(accs)
+                    for t in range(kt):
+                        v = _load(b, b.gep(src, [add(srow, add(taps[t], x))], source_etype=et),
+                                  et, lanes)
+                        for o in range(ot):
+                            new[o * kt + t] = _fma(b, new[o * kt + t], g[o], v)
+                    return new
+                accs = _loop(b, zero, wide, lanes, lambda x, *a: run(x, a), accs)
+                # the last, overlapping run: its first wide - last lanes were counted
+                entry = b.block
+                with b.if_then(b.icmp_signed("<", wide, m["ow"])):
+                    shift = _splat(b, b.trunc(b.sub(wide, last), ir.IntType(32)), lanes)
+                    fresh = b.icmp_signed(">=", iota, shift)
+                    tail = run(last, accs, fresh)
+                    tail_end = b.block
+                merged = []
+                for a, t in zip(accs, tail):
+                    phi = b.phi(vt)
+                    phi.add_incoming(a, entry)
+                    phi.add_incoming(t, tail_end)
+                    merged.append(phi)
+                return merged
+            return _loop(b, zero, m["oh"], 1, out_row, accs)
+        sums = _loop(b, zero, m["n"], 1, image, [ir.Constant(vt, [0.0] * lanes)] * (ot * kt))
         for o in range(ot):
             for t in range(kt):
-                n = o * kt + t
-                total = tails[n]
-                for lane in range(lanes):
-                    total = b.fadd(total, b.extract_element(vecs[n], ir.Constant(I64, lane)))
+                total = b.extract_element(sums[o * kt + t], ir.Constant(I64, 0))
+                for lane in range(1, lanes):
+                    total = b.fadd(total, b.extract_element(sums[o * kt + t],
+                                                            ir.Constant(I64, lane)))
                 p = b.gep(acc, [add(mul(add(o0, ir.Constant(I64, o)), K),
                                     add(k0, ir.Constant(I64, t)))], source_etype=et)
                 b.store(b.fadd(b.load(p, typ=et), total), p)
 
-    def tiles(o0, ot):
-        """Every tap for filters [o0, o0 + ot): tiles of GW_TAPS taps, then single taps."""
-        full = b.sub(K, b.srem(K, ir.Constant(I64, GW_TAPS)))
-        _loop(b, zero, full, GW_TAPS, lambda k0: tile(o0, ot, k0, GW_TAPS) or [])
-        _loop(b, full, K, 1, lambda k0: tile(o0, ot, k0, 1) or [])
+    # tiles of GW_FILTERS x GW_TAPS, then single (filter, tap) pairs for the rest
+    o_full = b.sub(m["O"], b.srem(m["O"], ir.Constant(I64, GW_FILTERS)))
+    k_full = b.sub(K, b.srem(K, ir.Constant(I64, GW_TAPS)))
 
-    full = b.sub(m["O"], b.srem(m["O"], ir.Constant(I64, GW_FILTERS)))
-    _loop(b, zero, full, GW_FILTERS, lambda o0: tiles(o0, GW_FILTERS) or [])
-    _loop(b, full, m["O"], 1, lambda o0: tiles(o0, 1) or [])
+    def tiled(o0):
+        _loop(b, zero, k_full, GW_TAPS, lambda k0: tile(o0, GW_FILTERS, k0, GW_TAPS) or [])
+        return []
+    _loop(b, zero, o_full, GW_FILTERS, tiled)
+
+    def single(p):
+        # pairs (o, k) outside the tiles: o < o_full with k >= k_full, then every o >= o_full
+        rest = b.sub(K, k_full)
+        in_tiles = mul(o_full, rest)
+        o = b.select(b.icmp_signed("<", p, in_tiles), b.sdiv(p, b.select(
+            b.icmp_signed(">", rest, zero), rest, ir.Constant(I64, 1))),
+            add(o_full, b.sdiv(b.sub(p, in_tiles), K)))
+        k = b.select(b.icmp_signed("<", p, in_tiles), add(k_full, b.srem(p, b.select(
+            b.icmp_signed(">", rest, zero), rest, ir.Constant(I64, 1)))),
+            b.srem(b.sub(p, in_tiles), K))
+        tile(o, 1, k, 1)
+        return []
+    pairs = add(mul(o_full, b.sub(K, k_full)), mul(b.sub(m["O"], o_full), K))
+    _loop(b, zero, pairs, 1, single)
     b.ret_void()
     return str(mod)
 
 
+# Optimizer level: the loops here are vectorized and laid out by hand; -O2 ran them as fast
+# as -O3 and compiled ~4x faster (a cold compile of the four float32 kernels: ~0.4 s
+# against ~1.6 s on a loaded machine).
+OPT_LEVEL = 2
 _SOURCE_HASH = None
 
 
@@ -386,11 +431,12 @@ def load_convblock(kind: str, dtype: str) -> int:
     if _SOURCE_HASH is None:
         h = hashlib.sha256()
         here = os.path.dirname(os.path.abspath(__file__))
-        for name in ("convblock.py", "softmax.py", "codegen.py"):   # _loop: emit_for
+        for name in ("convblock.py", "codegen.py"):         # _loop: codegen.emit_for
             with open(os.path.join(here, name), "rb") as f:
                 h.update(f.read())
         _SOURCE_HASH = h.hexdigest()
     make = {"im2col": im2col_ir, "col2im": col2im_ir, "direct": direct_ir,
             "direct_gw": direct_gw_ir}[kind]
     key = jit.cache_key("convblock", kind, dtype, _SOURCE_HASH)
-    return jit.load_function(key, lambda: make(dtype), title=f"{kind} block {dtype}")
+    return jit.load_function(key, lambda: make(dtype), title=f"{kind} block {dtype}",
+                             optimize=OPT_LEVEL)
