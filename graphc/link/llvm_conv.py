@@ -154,12 +154,11 @@ def _grad_weights_out(op, args):
     return (topgrad.shape[1], img.shape[1] // op.num_groups) + tuple(khw)
 
 
-
 # --------------------------------------------------------------------------- blocked route
 _PER_IMAGE_MIN = 256        # pixels per feature map from which each image gets its own product
 _BLOCK_BYTES = 1 << 19      # patch matrix of one block: a core's L2 (512 KB here)
 _THREADS_MIN = 1 << 21      # multiply-adds from which the blocks are shared by threads
-_DIRECT_MAX_TAPS = 64      # C*kh*kw up to which the forward skips im2col + BLAS (see below)
+_DIRECT_MAX_TAPS = 64       # C*kh*kw up to which the direct kernels replace im2col + BLAS
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
@@ -191,7 +190,6 @@ class _Geometry:
         st = [s // a.itemsize for s in a.strides[:3]]
         return np.array([self.C, self.kh, self.kw, self.oh, self.ow, n, *self.sub, *self.dil,
                          *st, a.shape[2], a.shape[3]], np.int64)
-
 
     def direct_meta(self, n, a):
         """The int64 meta of convblock.py's conv_direct for n images of ``a``."""
