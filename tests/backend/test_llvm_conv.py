@@ -184,21 +184,23 @@ def test_blocked_conv_and_grads(small_blocks, xs, ws, kw, dtype):
 
 @pytest.mark.parametrize("image,filters", [((20, 12, 12), (50, 20, 5, 5)),   # LeNet layer 2
                                            ((1, 28, 28), (20, 1, 5, 5))])    # layer 1
-def test_blocked_default_sizes_two_threads(image, filters):
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_blocked_default_sizes_two_threads(image, filters, dtype):
     """LeNet's layers at smaller batches with the module's own thresholds: blocks of
     several images, two threads, a partial last block; repeated calls reuse the scratch."""
     kernel.set_num_threads(2)
     try:
-        inputs, outs = _conv_graph("float32", {})
+        inputs, outs = _conv_graph(dtype, {})
         f = graphc.function(inputs, outs, mode=NATIVE)
         ref = graphc.function(inputs, outs, mode=graphc.Mode(linker="py", optimizer=None))
         ohw = tuple(n - k + 1 for n, k in zip(image[1:], filters[2:]))
+        tol = 2e-4 if dtype == "float32" else 1e-11
         for batch in (37, 37, 8):
-            vals = [rng.standard_normal((batch,) + image).astype(np.float32),
-                    rng.standard_normal(filters).astype(np.float32),
-                    rng.standard_normal((batch, filters[0]) + ohw).astype(np.float32)]
+            vals = [rng.standard_normal((batch,) + image).astype(dtype),
+                    rng.standard_normal(filters).astype(dtype),
+                    rng.standard_normal((batch, filters[0]) + ohw).astype(dtype)]
             for got, want in zip(f(*vals), ref(*vals)):
-                np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * np.abs(want).max())
+                np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
     finally:
         kernel.set_num_threads(None)
 
