@@ -1,7 +1,9 @@
-"""im2col and col2im for a block of images in NCHW layout, written directly as LLVM IR.
+"""Convolution kernels for a block of images in NCHW layout, written directly as LLVM IR:
+im2col and col2im, and direct forward / weight-gradient kernels for filters with few taps
+(further down).
 
 The blocked convolution steps (graphc/link/llvm_conv.py) turn a few images at a time into
-one patch matrix that stays in cache while BLAS multiplies it; these two kernels move the
+one patch matrix that stays in cache while BLAS multiplies it; im2col and col2im move the
 data between the images and that matrix.  The matrix has one row per (channel, filter row,
 filter col) and one column per (image of the block, output row, output col):
 
@@ -34,7 +36,7 @@ _FIELDS = ("C", "kh", "kw", "oh", "ow", "n", "sh", "sw", "dh", "dw", "sb", "sc",
            "hp", "wp")
 
 
-def _function(dtype, name_args):
+def _function(dtype):
     et = ir.FloatType() if dtype == "float32" else ir.DoubleType()
     mod = ir.Module()
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [PTR] * 3), name=jit.PLACEHOLDER)
@@ -136,7 +138,7 @@ def _both_strides(b, m, nest):
 
 
 def im2col_ir(dtype: str) -> str:
-    mod, b, et, m, src, cols = _function(dtype, "im2col")
+    mod, b, et, m, src, cols = _function(dtype)
     zero = ir.Constant(I64, 0)
 
     def nest(unit):
@@ -156,7 +158,7 @@ def im2col_ir(dtype: str) -> str:
 
 
 def col2im_ir(dtype: str) -> str:
-    mod, b, et, m, cols, dst = _function(dtype, "col2im")
+    mod, b, et, m, cols, dst = _function(dtype)
     zero = ir.Constant(I64, 0)
     fzero = ir.Constant(et, 0.0)
 
