@@ -42,6 +42,8 @@ KERNEL_CASES = [  # (n, C, H, W, kh, kw, subsample, dilation)
     (2, 3, 10, 9, 2, 3, (2, 3), (2, 1)),     # strided columns: the scalar row loop
     (1, 1, 5, 5, 5, 5, (1, 1), (1, 1)),      # one output pixel
     (2, 2, 12, 40, 3, 3, (1, 1), (1, 2)),    # ow = 36: several vector steps
+    (2, 3, 12, 12, 5, 5, (1, 1), (1, 1)),    # ow = 8 (LeNet layer 2): one float32 vector
+    (2, 2, 6, 6, 3, 3, (2, 1), (1, 1)),      # ow = 4: one float64 vector
 ]
 
 

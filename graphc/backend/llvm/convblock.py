@@ -109,50 +109,61 @@ def et_bytes(et):
     return 4 if isinstance(et, ir.FloatType) else 8
 
 
-def _row(b, m, et, elem, unit):
-    """elem(w, x) for the output columns x of one patch row: with unit column stride
-    (``unit``: sw == 1) in 256-bit vector steps of w columns, then one column at a time;
-    else one column at a time.  (Left to the loop vectorizer, rows as short as LeNet's
-    ow = 8 ran as scalars: its vector loop wants several vectors per iteration.)"""
+def _row(b, m, et, elem, kind):
+    """elem(w, x) for the output columns x of one patch row.  ``kind`` 'one': the row is one
+    256-bit vector (sw == 1, ow == its lanes: LeNet's second layer), a single step;
+    'unit' (sw == 1): vector steps of w columns, then one column at a time; 'strided': one
+    column at a time.  (Left to the loop vectorizer, rows as short as LeNet's ow = 8 ran as
+    scalars: its vector loop wants several vectors per iteration.)"""
     lanes = 32 // et_bytes(et)
     zero = ir.Constant(I64, 0)
-    ow = m["ow"]
+    if kind == "one":
+        elem(lanes, zero)
+        return
 
     def each(w):
         def body(x):
             elem(w, x)
             return []
         return body
-    wide = b.and_(ow, ir.Constant(I64, -lanes)) if unit else zero
+    wide = b.and_(m["ow"], ir.Constant(I64, -lanes)) if kind == "unit" else zero
     _loop(b, zero, wide, lanes, each(lanes))
-    _loop(b, wide, ow, 1, each(1))
+    _loop(b, wide, m["ow"], 1, each(1))
 
 
-def _both_strides(b, m, nest):
-    """nest(unit) under a test of sw == 1, so that each loop nest has one kind of row."""
-    with b.if_else(b.icmp_signed("==", m["sw"], ir.Constant(I64, 1))) as (unit, strided):
+def _by_row_kind(b, m, et, nest):
+    """nest(kind) under tests of sw and ow, so that each loop nest has one kind of row (see
+    _row); the row loops then carry no per-row tests."""
+    one = ir.Constant(I64, 1)
+    lanes = ir.Constant(I64, 32 // et_bytes(et))
+    with b.if_else(b.icmp_signed("==", m["sw"], one)) as (unit, strided):
         with unit:
-            nest(True)
+            with b.if_else(b.icmp_signed("==", m["ow"], lanes)) as (single, several):
+                with single:
+                    nest("one")
+                with several:
+                    nest("unit")
         with strided:
-            nest(False)
+            nest("strided")
 
 
 def im2col_ir(dtype: str) -> str:
     mod, b, et, m, src, cols = _function(dtype)
     zero = ir.Constant(I64, 0)
 
-    def nest(unit):
+    def nest(kind):
         def row(s0, d0):
             def elem(w, x):
-                ps = b.gep(src, [b.add(s0, x if unit else b.mul(x, m["sw"]))], source_etype=et)
+                col = b.mul(x, m["sw"]) if kind == "strided" else x
+                ps = b.gep(src, [b.add(s0, col)], source_etype=et)
                 _store(b, _load(b, ps, et, w), b.gep(cols, [b.add(d0, x)], source_etype=et))
-            _row(b, m, et, elem, unit)
+            _row(b, m, et, elem, kind)
 
         def channel(c):
             _loop(b, zero, m["n"], 1, lambda bi: _patch_rows(b, m, c, bi, row) or [])
             return []
         _loop(b, zero, m["C"], 1, channel)
-    _both_strides(b, m, nest)
+    _by_row_kind(b, m, et, nest)
     b.ret_void()
     return _no_builtins(str(mod))
 
@@ -162,13 +173,14 @@ def col2im_ir(dtype: str) -> str:
     zero = ir.Constant(I64, 0)
     fzero = ir.Constant(et, 0.0)
 
-    def nest(unit):
+    def nest(kind):
         def row(d0, s0):
             def elem(w, x):
-                q = b.gep(dst, [b.add(d0, x if unit else b.mul(x, m["sw"]))], source_etype=et)
+                col = b.mul(x, m["sw"]) if kind == "strided" else x
+                q = b.gep(dst, [b.add(d0, col)], source_etype=et)
                 v = _load(b, b.gep(cols, [b.add(s0, x)], source_etype=et), et, w)
                 _store(b, b.fadd(_load(b, q, et, w), v), q)
-            _row(b, m, et, elem, unit)
+            _row(b, m, et, elem, kind)
 
         def image(bi):
             def channel(c):
@@ -188,7 +200,7 @@ def col2im_ir(dtype: str) -> str:
             _loop(b, zero, m["C"], 1, channel)
             return []
         _loop(b, zero, m["n"], 1, image)
-    _both_strides(b, m, nest)
+    _by_row_kind(b, m, et, nest)
     b.ret_void()
     return _no_builtins(str(mod))
 
