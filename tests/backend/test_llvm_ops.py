@@ -1,6 +1,7 @@
-"""The native steps of graphc/link/llvm_ops.py (softmax cross-entropy, convolution, max
-pooling), each compared with the numpy reference backend: odd shapes, non-contiguous inputs,
-both dtypes, ties, nan/inf, repeated calls with kept buffers, and the reference's errors.
+"""The native steps of graphc/link/llvm_ops.py (softmax cross-entropy, max pooling) and of
+graphc/link/llvm_conv.py (convolution; its blocked route in detail: test_llvm_conv.py), each
+compared with the numpy reference backend: odd shapes, non-contiguous inputs, both dtypes,
+ties, nan/inf, repeated calls with kept buffers, and the reference's errors.
 """
 from __future__ import annotations
 
