@@ -156,7 +156,10 @@ def _grad_weights_out(op, args):
 
 # --------------------------------------------------------------------------- blocked route
 _PER_IMAGE_MIN = 256        # pixels per feature map from which each image gets its own product
-_BLOCK_BYTES = 1 << 19      # patch matrix of one block: a core's L2 (512 KB here)
+# patch matrix of one block: LeNet's second layer takes 8 images (N = 512 columns); blocks
+# of 2 to 16 images ran the product at the same speed (~5.9-6.3 ms per op on one core), and
+# each block costs ~15-20 us of Python under the GIL, which the threads take in turn
+_BLOCK_BYTES = 1 << 20
 _THREADS_MIN = 1 << 21      # multiply-adds from which the blocks are shared by threads
 _DIRECT_MAX_TAPS = 64       # C*kh*kw up to which the direct kernels replace im2col + BLAS
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -183,19 +186,32 @@ class _Geometry:
         self.threads = max(1, min(threads, B)) if work >= _THREADS_MIN else 1
         per_image_bytes = self.K * self.P * itemsize
         self.nb = max(1, min(_BLOCK_BYTES // per_image_bytes, -(-B // self.threads)))
+        self.metas = {}
 
     def meta(self, n, a):
-        """The int64 meta of convblock.py for n images of ``a`` (image, channel, row
-        strides in elements; its planes hp x wp)."""
-        st = [s // a.itemsize for s in a.strides[:3]]
-        return np.array([self.C, self.kh, self.kw, self.oh, self.ow, n, *self.sub, *self.dil,
-                         *st, a.shape[2], a.shape[3]], np.int64)
+        """(int64 meta of convblock.py, its address) for n images of ``a`` (image, channel,
+        row strides in elements; its planes hp x wp).  Kept for the call: the blocks of a
+        call share a few."""
+        key = ("cols", n, a.strides, a.shape[2:])
+        got = self.metas.get(key)
+        if got is None:
+            st = [s // a.itemsize for s in a.strides[:3]]
+            m = np.array([self.C, self.kh, self.kw, self.oh, self.ow, n, *self.sub, *self.dil,
+                          *st, a.shape[2], a.shape[3]], np.int64)
+            got = self.metas.setdefault(key, (m, m.ctypes.data))  # another thread's may win
+        return got[1]
 
     def direct_meta(self, n, a):
-        """The int64 meta of convblock.py's conv_direct for n images of ``a``."""
-        st = [s // a.itemsize for s in a.strides[:3]]
-        return np.array([self.C, self.kh, self.kw, self.oh, self.ow, n, self.sub[0],
-                         *self.dil, *st, self.O], np.int64)
+        """(int64 meta of convblock.py's direct kernels, its address) for n images of
+        ``a``, kept for the call."""
+        key = ("direct", n, a.strides)
+        got = self.metas.get(key)
+        if got is None:
+            st = [s // a.itemsize for s in a.strides[:3]]
+            m = np.array([self.C, self.kh, self.kw, self.oh, self.ow, n, self.sub[0],
+                          *self.dil, *st, self.O], np.int64)
+            got = self.metas.setdefault(key, (m, m.ctypes.data))
+        return got[1]
 
 
 def _kmat(kern, flip):
@@ -230,11 +246,18 @@ class _Blocked:
         self.scratch = []
 
     def _ws(self, slot, key, shape, zero=False):
+        """A per-thread scratch array kept across calls."""
+        return self._ws_addr(slot, key, shape, zero)[0]
+
+    def _ws_addr(self, slot, key, shape, zero=False):
+        """(scratch array, its address): ``a.ctypes.data`` builds a helper object per use
+        (~2 us), a cost per block."""
         d = self.scratch[slot]
-        a = d.get(key)
-        if a is None or a.shape != shape:
-            a = d[key] = np.zeros(shape, self.dtype) if zero else np.empty(shape, self.dtype)
-        return a
+        got = d.get(key)
+        if got is None or got[0].shape != shape:
+            a = np.zeros(shape, self.dtype) if zero else np.empty(shape, self.dtype)
+            got = d[key] = (a, a.ctypes.data)
+        return got
 
     def _mm(self, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
         """c = op(a) @ op(b) + beta * c, row-major, on pointers (ctypes drops the GIL)."""
@@ -276,27 +299,29 @@ class _Blocked:
                 fns[1](before)
 
     # ---- the pieces of a block
-    def _source(self, slot, g, img, b0, n):
-        """Images [b0, b0 + n) as the kernels read them: padded into a scratch if needed."""
+    def _source(self, slot, g, img, img_addr, b0, n):
+        """(images [b0, b0 + n) as the kernels read them, address): padded into a scratch
+        if needed."""
         if not g.padded:
-            return img[b0:b0 + n]
-        pad = self._ws(slot, "pad", (g.nb, g.C, g.hp, g.wp), zero=True)   # borders stay 0
+            return img[b0:b0 + n], img_addr + b0 * img.strides[0]
+        pad, addr = self._ws_addr(slot, "pad", (g.nb, g.C, g.hp, g.wp), zero=True)  # 0 borders
         np.copyto(pad[:n, :, g.top:g.top + g.H, g.left:g.left + g.W], img[b0:b0 + n])
-        return pad[:n]
+        return pad[:n], addr
 
-    def _patches(self, slot, g, img, b0, n):
-        cols = self._ws(slot, "cols", (g.K * g.nb * g.P,))
-        src = self._source(slot, g, img, b0, n)
-        meta = g.meta(n, src)       # held in a name: the kernel reads it after this line
-        self.im2col(meta.ctypes.data, src.ctypes.data, cols.ctypes.data)
+    def _patches(self, slot, g, img, img_addr, b0, n):
+        """Address of the block's patch matrix (K, n*P), filled by im2col."""
+        cols = self._ws_addr(slot, "cols", (g.K * g.nb * g.P,))[1]
+        src, src_addr = self._source(slot, g, img, img_addr, b0, n)
+        self.im2col(g.meta(n, src), src_addr, cols)
         return cols
 
     def _gathered(self, slot, g, dout, b0, n):
-        """dout[b0:b0+n] (n, O, P) as an (O, n*P) matrix, columns in the patches' order."""
-        rows = self._ws(slot, "rows", (g.O * g.nb * g.P,))
+        """Address of dout[b0:b0+n] (n, O, P) as an (O, n*P) matrix, columns in the patches'
+        order."""
+        rows, addr = self._ws_addr(slot, "rows", (g.O * g.nb * g.P,))
         np.copyto(rows[:g.O * n * g.P].reshape(g.O, n, g.P),
                   dout[b0:b0 + n].reshape(n, g.O, g.P).transpose(1, 0, 2))
-        return rows
+        return addr
 
     # ---- the three ops
     def forward(self, op, img, kern, out):
@@ -305,27 +330,26 @@ class _Blocked:
         g = _Geometry(op, B, C, (H, W), O, (kh, kw), _num_threads(), self.dtype.itemsize)
         img, kmat = _images(img), _kmat(kern, op.filter_flip)
         item, O, K, P = self.dtype.itemsize, g.O, g.K, g.P
-        kp, op_ = kmat.ctypes.data, out.ctypes.data
+        kp, op_, ip = kmat.ctypes.data, out.ctypes.data, img.ctypes.data
         if g.direct:
             wt = np.ascontiguousarray(kmat.T)       # (K, O): a tap's weights adjacent
             wp = wt.ctypes.data
 
             def direct(slot, b0, n):
-                src = self._source(slot, g, img, b0, n)
-                meta = g.direct_meta(n, src)
-                self.direct(meta.ctypes.data, src.ctypes.data, wp, op_ + b0 * O * P * item)
+                src, src_addr = self._source(slot, g, img, ip, b0, n)
+                self.direct(g.direct_meta(n, src), src_addr, wp, op_ + b0 * O * P * item)
             self.run(g, direct)
             return out
 
         def block(slot, b0, n):
-            cp = self._patches(slot, g, img, b0, n).ctypes.data
+            cp = self._patches(slot, g, img, ip, b0, n)
             if g.per_image:     # each image's (O, P) rows of the NCHW result, in place
                 for b in range(n):
                     self._mm(False, False, O, P, K, kp, K, cp + b * P * item, n * P, 0.0,
                              op_ + (b0 + b) * O * P * item, P)
                 return
-            prod = self._ws(slot, "rows", (O * g.nb * P,))
-            self._mm(False, False, O, n * P, K, kp, K, cp, n * P, 0.0, prod.ctypes.data, n * P)
+            prod, pp = self._ws_addr(slot, "rows", (O * g.nb * P,))
+            self._mm(False, False, O, n * P, K, kp, K, cp, n * P, 0.0, pp, n * P)
             np.copyto(out[b0:b0 + n].reshape(n, O, P),
                       prod[:O * n * P].reshape(O, n, P).transpose(1, 0, 2))
         self.run(g, block)
@@ -339,23 +363,23 @@ class _Blocked:
         item, K, P = self.dtype.itemsize, g.K, g.P
         kp, dp = kmat.ctypes.data, dout.ctypes.data
 
+        op_ = out.ctypes.data
+
         def block(slot, b0, n):
-            cols = self._ws(slot, "cols", (K * g.nb * P,))
-            cp = cols.ctypes.data
+            cp = self._ws_addr(slot, "cols", (K * g.nb * P,))[1]
             if g.per_image:
                 for b in range(n):
                     self._mm(True, False, K, P, O, kp, K, dp + (b0 + b) * O * P * item, P, 0.0,
                              cp + b * P * item, n * P)
             else:
-                rows = self._gathered(slot, g, dout, b0, n)
-                self._mm(True, False, K, n * P, O, kp, K, rows.ctypes.data, n * P, 0.0, cp,
-                         n * P)
+                rp = self._gathered(slot, g, dout, b0, n)
+                self._mm(True, False, K, n * P, O, kp, K, rp, n * P, 0.0, cp, n * P)
             if g.padded:        # added into a padded scratch, then cropped
-                dst = self._ws(slot, "pad", (g.nb, g.C, g.hp, g.wp))[:n]
+                pad, dst_addr = self._ws_addr(slot, "pad", (g.nb, g.C, g.hp, g.wp))
+                dst = pad[:n]
             else:
-                dst = out[b0:b0 + n]
-            meta = g.meta(n, dst)
-            self.col2im(meta.ctypes.data, cp, dst.ctypes.data)
+                dst, dst_addr = out[b0:b0 + n], op_ + b0 * out.strides[0]
+            self.col2im(g.meta(n, dst), cp, dst_addr)
             if g.padded:
                 np.copyto(out[b0:b0 + n], dst[:, :, g.top:g.top + g.H, g.left:g.left + g.W])
         self.run(g, block)
@@ -367,34 +391,32 @@ class _Blocked:
         g = _Geometry(op, B, C, (H, W), O, khw, _num_threads(), self.dtype.itemsize)
         img, dout = _images(img), np.ascontiguousarray(topgrad)
         item, K, P = self.dtype.itemsize, g.K, g.P
-        dp = dout.ctypes.data
+        dp, ip = dout.ctypes.data, img.ctypes.data
         used = [False] * g.threads      # a slot's accumulator holds a sum
 
         def direct(slot, b0, n):
-            acc = self._ws(slot, "acc", (O, K))
+            acc, ap = self._ws_addr(slot, "acc", (O, K))
             if not used[slot]:
                 acc.fill(0)
                 used[slot] = True
-            src = self._source(slot, g, img, b0, n)
-            meta = g.direct_meta(n, src)
-            self.direct(meta.ctypes.data, src.ctypes.data, dp + b0 * O * P * item,
-                        acc.ctypes.data)
+            src, src_addr = self._source(slot, g, img, ip, b0, n)
+            self.direct(g.direct_meta(n, src), src_addr, dp + b0 * O * P * item, ap)
 
         def block(slot, b0, n):
-            cp = self._patches(slot, g, img, b0, n).ctypes.data
-            acc = self._ws(slot, "acc", (O, K)).ctypes.data
+            cp = self._patches(slot, g, img, ip, b0, n)
+            ap = self._ws_addr(slot, "acc", (O, K))[1]
             if g.per_image:
                 for b in range(n):
                     self._mm(False, True, O, K, P, dp + (b0 + b) * O * P * item, P,
-                             cp + b * P * item, n * P, 1.0 if used[slot] else 0.0, acc, K)
+                             cp + b * P * item, n * P, 1.0 if used[slot] else 0.0, ap, K)
                     used[slot] = True
                 return
-            rows = self._gathered(slot, g, dout, b0, n)
-            self._mm(False, True, O, K, n * P, rows.ctypes.data, n * P, cp, n * P,
-                     1.0 if used[slot] else 0.0, acc, K)
+            rp = self._gathered(slot, g, dout, b0, n)
+            self._mm(False, True, O, K, n * P, rp, n * P, cp, n * P,
+                     1.0 if used[slot] else 0.0, ap, K)
             used[slot] = True
         self.run(g, direct if g.direct else block)
-        accs = [self.scratch[s]["acc"] for s in range(g.threads) if used[s]]
+        accs = [self.scratch[s]["acc"][0] for s in range(g.threads) if used[s]]
         total = accs[0]
         for a in accs[1:]:
             total = total + a

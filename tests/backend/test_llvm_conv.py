@@ -213,7 +213,7 @@ def test_blocked_strided_inputs_and_empty_batch(small_blocks):
     ref = graphc.function(inputs, outs, mode=graphc.Mode(linker="py", optimizer=None))
     big = rng.standard_normal((4, 3, 12, 16)).astype(np.float32)
     Wv = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)[:, :, ::-1]
-    for xv in (big[:, :, ::-1, ::2], big[1:3], big[:, :, :9, :9], big[:0]):
+    for xv in (big[:, :, ::-1, ::2], big[::-1, :, ::-1], big[1:3], big[:, :, :9, :9], big[:0]):
         Gv = rng.standard_normal((xv.shape[0], 2) + xv.shape[2:]).astype(np.float32)
         for got, want in zip(f(xv, Wv, Gv), ref(xv, Wv, Gv)):
             scale = max(1.0, float(np.abs(want).max(initial=0)))
