@@ -1,4 +1,4 @@
-"""Native steps for the nnet ops: softmax cross-entropy, 2-d convolution, max pooling.
+"""Native steps for the nnet ops: softmax cross-entropy, max pooling (convolution: llvm_conv).
 
 Each maker has the signature of ``graphc.link.llvm.STEP_MAKERS`` (node, input cells, output
 cells, reuse) -> zero-argument step, or None to leave the node to its numpy ``perform``.
@@ -12,10 +12,7 @@ A step runs the same checks as ``perform`` (same errors, same messages) and then
   float32 the same row kernel, scaling each row by dnll / sum and subtracting dnll at the
   label instead of writing the softmax; float64 the first three kernels, then one numpy pass.
 - SoftmaxCrossentropyGrad: dnll * sm into a kept buffer (numpy), then the n label entries.
-- Conv2d / Conv2dGradInputs / Conv2dGradWeights: the numpy im2col + BLAS code of
-  graphc.tensor.nnet.conv with its scratch arrays and result kept across calls (fresh
-  multi-MB arrays cost page faults as large as the copies that fill them).  The weight
-  gradient takes the patches the forward made of the same image in the same call.
+- Conv2d / Conv2dGradInputs / Conv2dGradWeights: see graphc/link/llvm_conv.py.
 - Pool / MaxPoolGrad, 2-d, mode 'max', windows that tile the input (stride == ws, no
   padding): elementwise kernels over the per-offset strided views (see below).  Other
   pooling geometries, and a partial edge window (ignore_border=False), run ``perform``.
@@ -26,14 +23,11 @@ graphc.backend.llvm.compile_kernel, which memoizes them per spec.
 from __future__ import annotations
 
 import ctypes
-import weakref
 
 import numpy as np
 
 from graphc.backend.kernel_spec import KernelSpec
 from graphc.link.llvm import STEP_MAKERS, _Buffers
-from graphc.tensor.nnet.conv import (Conv2d, Conv2dGradInputs, Conv2dGradWeights,
-                                     conv2d_forward, conv2d_grad_inputs, conv2d_grad_weights)
 from graphc.tensor.nnet.xent import (SoftmaxCrossentropy, SoftmaxCrossentropyGrad,
                                      SoftmaxCrossentropyWithGrad)
 from graphc.tensor.signal.pool import MaxPoolGrad, Pool
@@ -278,121 +272,10 @@ def _xent_with_grad_step(node, ins, outs, reuse):
     return step
 
 
-# --------------------------------------------------------------------------- convolution
-# img Variable -> (its storage cell, workspace, op) of the latest Conv2d step made on it: the
-# Conv2dGradWeights step of the same image in the same linked function reuses its patches
-_FORWARD_WS = weakref.WeakKeyDictionary()
-_GEOMETRY = ("border_mode", "subsample", "filter_dilation", "num_groups")
-
-
-def _conv_step(fn, out_shape):
-    """A maker running ``fn`` (a numpy conv function of graphc.tensor.nnet.conv) with a
-    workspace and a result buffer kept across calls; ``out_shape(op, args)`` sizes the
-    result."""
-    def make(node, ins, outs, reuse):
-        op = node.op
-        dt = node.outputs[0].dtype
-        if dt not in _FLOATS or any(v.dtype != dt for v in node.inputs[:2]):
-            return None
-        npdt = np.dtype(dt)
-        bufs = _Buffers(1, reuse)
-        ws = {"copy": _split_copy, "split": _split_images}
-        extra = {}
-        if isinstance(op, Conv2dGradInputs):
-            ws["col2im"] = _col2im_runner(dt)
-        if isinstance(op, Conv2d):
-            _FORWARD_WS[node.inputs[0]] = (ins[0], ws, op)
-        elif isinstance(op, Conv2dGradWeights):
-            extra["cols_ws"] = _forward_ws(node, ins)
-
-        def step():
-            args = op.checked_args(node, [c[0] for c in ins])
-            out = bufs.get(0, out_shape(op, args), npdt)
-            outs[0][0] = fn(*args, ws=ws, out=out, **extra)
-        step.ws, step.cols_ws = ws, extra.get("cols_ws")     # for tests and debugging
-        return step
-    return make
-
-
 # elements from which a memory-bound pass (a conv's layout copy, 2x2 pooling) is split
 # across threads: each split costs a thread hand-off (~20-50 us on idle cores, a scheduler
 # time slice when the cores are busy), so only passes of a millisecond or more
 _COPY_PARALLEL_MIN = 1 << 20
-
-
-def _split_copy(dst, src):
-    """dst[...] = src (same shapes), cut along the first axis of extent > 1 into one slice
-    per kernel thread when large: the im2col and layout copies of a convolution are
-    memory-bound gathers that one core does not saturate (numpy releases the GIL)."""
-    if dst.size < _COPY_PARALLEL_MIN or dst.shape != src.shape:
-        np.copyto(dst, src, casting="unsafe")
-        return
-    axis = next((d for d, n in enumerate(dst.shape) if n > 1), 0)
-    lead = (slice(None),) * axis
-
-    def part(lo, hi):
-        cut = lead + (slice(lo, hi),)
-        np.copyto(dst[cut], src[cut], casting="unsafe")
-    _in_threads(part, dst.shape[axis])
-
-
-def _split_images(fn, n, size):
-    """fn(lo, hi) over images [0, n), in one block per kernel thread when the arrays it
-    touches have ``size`` >= _COPY_PARALLEL_MIN elements: the per-image products of a
-    batch-major convolution.  OpenBLAS gives a product one thread per 2^18
-    multiply-adds, so each image's (LeNet's first layer: 20 x 25 x 576) runs on one core,
-    and one call for the whole batch would use one core."""
-    if n > 1 and size >= _COPY_PARALLEL_MIN:
-        _in_threads(fn, n)
-    else:
-        fn(0, n)
-
-
-def _col2im_runner(dt):
-    """col2im(dcols, dxp, subsample, dilation) through the kernel of
-    graphc/backend/llvm/col2im.py, channels split across the kernel threads when large."""
-    from graphc.backend.llvm.col2im import load_col2im
-    fn = ctypes.CFUNCTYPE(None, _L, _L, _P, _P, _P)(load_col2im(dt))
-
-    def run(dcols, dxp, subsample, dilation):
-        dcols = np.ascontiguousarray(dcols)     # (dxp is a C-contiguous workspace)
-        C, kh, kw, oh, ow, B = dcols.shape
-        meta = np.array([kh, kw, oh, ow, B, *subsample, *dilation, dxp.shape[1],
-                         dxp.shape[2]], np.int64)
-        args = (meta.ctypes.data, dcols.ctypes.data, dxp.ctypes.data)
-        if dcols.size >= _ROWS_PARALLEL_MIN:
-            _in_threads(fn, C, *args)
-        else:
-            fn(0, C, *args)
-    return run
-
-
-def _forward_ws(node, ins):
-    """The workspace of the Conv2d step that runs on the same image earlier in every call of
-    this function (steps are made in run order, so one registered with this very storage
-    cell runs before this node), with the same geometry; else None."""
-    found = _FORWARD_WS.get(node.inputs[0])
-    if found is None or found[0] is not ins[0]:
-        return None
-    cell, ws, fop = found
-    if any(getattr(fop, a) != getattr(node.op, a) for a in _GEOMETRY):
-        return None
-    return ws
-
-
-def _conv_out(op, args):
-    img, kern = args[:2]
-    return (img.shape[0], kern.shape[0], *op._out_spatial(img.shape, kern.shape))
-
-
-def _grad_inputs_out(op, args):
-    kern, topgrad, hw = args[:3]
-    return (topgrad.shape[0], kern.shape[1] * op.num_groups) + tuple(hw)
-
-
-def _grad_weights_out(op, args):
-    img, topgrad, khw = args[:3]
-    return (topgrad.shape[1], img.shape[1] // op.num_groups) + tuple(khw)
 
 
 # --------------------------------------------------------------------------- max pooling
@@ -583,9 +466,6 @@ STEP_MAKERS.update({
     SoftmaxCrossentropy: _xent_step,
     SoftmaxCrossentropyGrad: _xent_grad_step,
     SoftmaxCrossentropyWithGrad: _xent_with_grad_step,
-    Conv2d: _conv_step(conv2d_forward, _conv_out),
-    Conv2dGradInputs: _conv_step(conv2d_grad_inputs, _grad_inputs_out),
-    Conv2dGradWeights: _conv_step(conv2d_grad_weights, _grad_weights_out),
     Pool: _pool_step,
     MaxPoolGrad: _max_pool_grad_step,
 })

@@ -1,6 +1,7 @@
-"""The native steps of graphc/link/llvm_ops.py (softmax cross-entropy, convolution, max
-pooling), each compared with the numpy reference backend: odd shapes, non-contiguous inputs,
-both dtypes, ties, nan/inf, repeated calls with kept buffers, and the reference's errors.
+"""The native steps of graphc/link/llvm_ops.py (softmax cross-entropy, max pooling) and of
+graphc/link/llvm_conv.py (convolution; its blocked route in detail: test_llvm_conv.py), each
+compared with the numpy reference backend: odd shapes, non-contiguous inputs, both dtypes,
+ties, nan/inf, repeated calls with kept buffers, and the reference's errors.
 """
 from __future__ import annotations
 
@@ -343,16 +344,18 @@ def _conv_steps(f):
 
 
 def test_conv_weight_grad_reuses_the_forward_patches_of_the_same_call():
+    # grouped convolutions take the numpy route (im2col of the whole batch), where the
+    # weight gradient reads the patches the forward made
     x = T.tensor4("x", dtype="float64")
     W = T.tensor4("W", dtype="float64")
-    out = T.tanh(conv2d(x, W))
+    out = T.tanh(conv2d(x, W, num_groups=2))
     outs = [out, graphc.grad((out * out).sum(), W)]
     f = graphc.function([x, W], outs, mode=NATIVE)
     ref = graphc.function([x, W], outs, mode=graphc.Mode(linker="py", optimizer=None))
     steps = _conv_steps(f)
     assert steps["Conv2dGradWeights"].cols_ws is steps["Conv2d"].ws
     xv = rng.standard_normal((3, 2, 9, 20)).astype(np.float64)
-    Wv = rng.standard_normal((4, 2, 3, 3)).astype(np.float64)
+    Wv = rng.standard_normal((4, 1, 3, 3)).astype(np.float64)
     for _ in range(2):              # the caller refills its input array between calls
         for got, want in zip(f(xv, Wv), ref(xv, Wv)):
             assert_same(got, want, "conv with reused patches")
@@ -366,9 +369,9 @@ def test_conv_weight_grad_without_a_forward_makes_its_own_patches():
     x = T.tensor4("x", dtype="float32")
     W = T.tensor4("W", dtype="float32")
     G = T.tensor4("G", dtype="float32")
-    gW = graphc.grad((conv2d(x, W) * G).sum(), W)      # the forward's value is not needed
-    compare([x, W, G], gW, [rng.standard_normal((2, 3, 8, 8)).astype(np.float32),
-                            rng.standard_normal((2, 3, 3, 3)).astype(np.float32),
+    gW = graphc.grad((conv2d(x, W, num_groups=2) * G).sum(), W)   # forward value unused
+    compare([x, W, G], gW, [rng.standard_normal((2, 4, 8, 8)).astype(np.float32),
+                            rng.standard_normal((2, 2, 3, 3)).astype(np.float32),
                             rng.standard_normal((2, 2, 6, 6)).astype(np.float32)],
             "conv weight grad alone")
     f = graphc.function([x, W, G], gW, mode=NATIVE)

@@ -137,12 +137,12 @@ class _Target:
         self.objects = []                   # keep every loaded ObjectFileRef alive
         self.epilogue = True                # LLVM's default of -enable-epilogue-vectorization
 
-    def optimize(self, mod, epilogue=True):
+    def optimize(self, mod, epilogue=True, level=3):
         # a process-wide LLVM option, set for each compile (every compile holds _lock)
         if epilogue != self.epilogue:
             llvm.set_option("", f"-enable-epilogue-vectorization={str(epilogue).lower()}")
             self.epilogue = epilogue
-        pto = llvm.create_pipeline_tuning_options(speed_level=3)
+        pto = llvm.create_pipeline_tuning_options(speed_level=level)
         pto.loop_vectorization = True
         # The SLP vectorizer stays off (llvmlite's default): on kernels already vectorized by
         # the loop vectorizer it found nothing to gain (selfbench: same or better run time
@@ -520,7 +520,7 @@ def _compile(t: _Target, ir_text: str, debug: bool, title: str, optimize: bool,
     if debug:
         print(f"; ==== graphc LLVM IR ({title}) ====\n{ir_text}", file=sys.stderr)
     if optimize:
-        t.optimize(mod, epilogue)
+        t.optimize(mod, epilogue, 3 if optimize is True else int(optimize))
     if debug:
         print(f"; ==== graphc optimized IR ({title}) ====\n{mod}", file=sys.stderr)
         print(f"# ==== graphc assembly ({title}) ====\n{t.tm.emit_assembly(mod)}",
@@ -536,7 +536,8 @@ def load_function(key: str, make_ir, debug=None, title: str = "", optimize: bool
     returns its IR text (entry point named PLACEHOLDER) and is only called on a cache miss or
     in debug mode. Lookup order: this process, the linked library (no LLVM), the object
     entry (loaded by MCJIT), a fresh compile. ``optimize=False``: no optimizer passes, only
-    the code generator (``NOOPT_FLAGS``; the caller puts it in the key).
+    the code generator (``NOOPT_FLAGS``; the caller puts it in the key); an int: that
+    optimizer level instead of 3 (the caller's key must cover it).
     ``epilogue``: let the loop vectorizer add vector epilogue loops (a function of what the
     key covers, e.g. codegen.vector_epilogue of the spec and variant).
     """
