@@ -33,6 +33,11 @@ from .spinpool import TwoWays, get_pool, prefetch, ready, usable
 UNIT = 16                   # columns per slice boundary (whole vectors for the kernels)
 SLICES_PER_THREAD = 2
 MIN_WORK = 1 << 22          # multiply-adds below which OpenBLAS's own call is kept
+# OpenBLAS's workers busy-wait for ~0.1 s after a multithreaded call, taking the core the
+# next kernel's threads need (LeNet step: the conv steps after a dense layer's product ran at
+# median ~21 ms against a best of ~8 ms); the pool's workers spin briefly and yield. So the
+# split is kept unless OpenBLAS's own threads are more than this much faster.
+FAVOUR = 1.15
 _FIELDS = ("fn", "slices", "order", "ta", "tb", "m", "n", "k", "alpha", "a", "lda", "b", "ldb",
            "beta", "c", "ldc", "bstep", "item")
 
@@ -117,7 +122,7 @@ def split_gemm(fn, args, threads_fns, threads: int) -> bool:
     if ways is None:
         if len(_ways) > 256:
             _ways.clear()
-        ways = _ways[key] = TwoWays()
+        ways = _ways[key] = TwoWays(favour=FAVOUR)
         prefetch(f"gemm-{real}-{bits}", lambda: _slice_fn(real, bits))
     split = ways.split() and ready() and (real, bits) in _slices
     pool = get_pool(threads) if split else None
