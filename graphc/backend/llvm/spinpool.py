@@ -22,7 +22,12 @@ State: int64 words, each group on its own cache line (see ``_SLOT``). ``ticket``
 saw, so a late worker can never take a slice of the next region. ``fn``/``data``/``slices``
 are written before the ticket is published (release) and read after a successful claim
 (acquire); the caller writes them again only after every slice of the previous region was
-finished, i.e. after every claim of it succeeded and completed.
+finished, i.e. after every claim of it succeeded and completed. Before writing them it
+closes the finished generation (next slice := 2^32 - 1): a claimer that read the old ticket
+and then the NEW slice count would otherwise see ``next < slices`` and win its
+compare-and-swap against the still unchanged old ticket, running a slice of the new region
+twice and counting it in its ``done`` (the caller could return while slices still run).
+Reading the new count (acquire) makes that claimer's compare-and-swap see the closed ticket.
 
 The pool exists per process: a forked child (which has no workers) starts its own.
 """
@@ -66,7 +71,7 @@ claim:
 check:
   %s = and i64 %t, 4294967295
   %np = {_gep("slices")}
-  %n = load atomic i64, ptr %np monotonic, align 8
+  %n = load atomic i64, ptr %np acquire, align 8
   %more = icmp slt i64 %s, %n
   br i1 %more, label %take, label %out
 take:
@@ -173,15 +178,17 @@ exit:
 
 define internal void @pool_run(ptr %st, i64 %fn, i64 %data, i64 %slices) {{
 entry:
+  %t = load atomic i64, ptr %st monotonic, align 8
+  %closed = or i64 %t, 4294967295           ; no claim of the last generation can succeed
+  store atomic i64 %closed, ptr %st seq_cst, align 8
   %fp = {_gep("fn")}
   store atomic i64 %fn, ptr %fp monotonic, align 8
   %dp = {_gep("data")}
   store atomic i64 %data, ptr %dp monotonic, align 8
   %np = {_gep("slices")}
-  store atomic i64 %slices, ptr %np monotonic, align 8
+  store atomic i64 %slices, ptr %np release, align 8
   %donep = {_gep("done")}
   store atomic i64 0, ptr %donep monotonic, align 8
-  %t = load atomic i64, ptr %st monotonic, align 8
   %g = lshr i64 %t, 32
   %g1 = add i64 %g, 1
   %gm = and i64 %g1, 4294967295

@@ -1,0 +1,82 @@
+"""Stress and fault-injection tests of the native spin pool (graphc/backend/llvm/spinpool.py)
+and what runs on it: the claim protocol with a delay injected into the caller, several Python
+threads sharing compiled functions, reductions in more slices than threads, odd shapes and
+strides of split products, a forked child, $GRAPHC_SPIN_POOL=0. No timing assertions."""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import graphc
+import graphc.tensor as T
+
+from test_spinpool import _counter_region
+
+PY = graphc.Mode(linker="py", optimizer="fast_run")
+
+
+def _f32(a):
+    return np.asarray(a, dtype=np.float32)
+
+
+def _spin_pool_or_skip():
+    from graphc.backend.llvm import spinpool
+    if not spinpool.usable(1):
+        pytest.skip("no spin pool on this platform")
+    spinpool._functions()
+    spinpool.kernel_slice()
+    return spinpool
+
+
+# ------------------------------------------------------------------ the claim protocol
+_ANCHOR = "  store atomic i64 0, ptr %donep monotonic, align 8\n"
+_DELAY = _ANCHOR + """  br label %dl
+dl:
+  %di = phi i64 [ 0, %entry ], [ %di1, %dl ]
+  call void @llvm.x86.sse2.pause()
+  %di1 = add i64 %di, 1
+  %dmore = icmp slt i64 %di1, 3000
+  br i1 %dmore, label %dl, label %dl_out
+dl_out:
+"""
+
+
+def _delayed_pool(spinpool, workers):
+    """A pool whose caller pauses between writing a region's slice count and publishing its
+    ticket (the pool's own IR plus a delay), so late workers of the previous region run into
+    that window often."""
+    from graphc.backend.llvm import jit
+    assert spinpool._IR.count(_ANCHOR) == 1
+    ir = spinpool._IR.replace(_ANCHOR, _DELAY)
+    entry = spinpool._ENTRY(jit.load_function(
+        jit.cache_key("test-spinpool-delayed", ir),
+        lambda: ir.replace("ENTRY_NAME", jit.PLACEHOLDER), title="delayed spin pool"))
+    fns = (spinpool._WORKER(entry(0)), spinpool._RUN(entry(1)), spinpool._STOP(entry(2)))
+    orig = spinpool._functions
+    spinpool._functions = lambda: fns
+    try:
+        return spinpool.SpinPool(workers, spin=200)
+    finally:
+        spinpool._functions = orig
+
+
+def test_late_worker_cannot_claim_with_the_old_ticket():
+    """A worker that read the finished region's ticket (g, n) and then the next region's
+    larger slice count must not win its compare-and-swap: it ran slices twice and counted
+    them in the next region's ``done`` (before the fix: thousands of extra runs here)."""
+    spinpool = _spin_pool_or_skip()
+    pool = _delayed_pool(spinpool, 4)
+    try:
+        fn = _counter_region()
+        d = np.zeros(64, np.int64)
+        expect = np.zeros(64, np.int64)
+        for i in range(1500):
+            n = 1 if i % 2 == 0 else 40
+            pool.run(fn, d.ctypes.data, n)
+            expect[:n] += np.arange(1, n + 1)
+        np.testing.assert_array_equal(d, expect)
+    finally:
+        pool.close()
