@@ -80,3 +80,34 @@ def test_late_worker_cannot_claim_with_the_old_ticket():
         np.testing.assert_array_equal(d, expect)
     finally:
         pool.close()
+
+
+# ------------------------------------------------------------------ packed products
+def _layouts(rng, m, k):
+    row = _f32(rng.standard_normal(k))
+    yield np.broadcast_to(row, (m, k))                          # row stride 0
+    yield _f32(rng.standard_normal((m, k)))[::-1]               # negative row stride
+    yield _f32(rng.standard_normal((k, m))).T                   # column-major
+    yield _f32(rng.standard_normal((m, 2 * k)))[:, ::2]         # strided columns
+    yield _f32(rng.standard_normal((m, k + 3)))[:, 1:-2]        # lda > k, unaligned start
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_packed_product_operand_layouts(split):
+    """Every layout of ``a`` gives numpy's product, on one thread and split (a broadcast row,
+    row stride 0, was read as if rows were 4 bytes apart)."""
+    from graphc.backend.llvm.packgemm import PackedProduct, _load
+    from graphc.tensor.packed import pack_weights
+    _spin_pool_or_skip()
+    _load(True)
+    rng = np.random.default_rng(11)
+    for m, k, n in [(6, 64, 80), (33, 20, 130), (1, 7, 200)]:
+        w = _f32(rng.standard_normal((k, n)))
+        bp = pack_weights(w, False)
+        for a in _layouts(rng, m, k):
+            pp = PackedProduct()
+            if split:
+                pp.ways.cost, pp.ways.calls = [2.0, 1.0], 1
+            out = np.full((m, n), np.nan, np.float32)
+            pp(a, bp, n, out, 2)
+            np.testing.assert_allclose(out, a @ w, rtol=1e-4, atol=1e-4)
