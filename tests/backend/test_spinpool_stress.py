@@ -111,3 +111,27 @@ def test_packed_product_operand_layouts(split):
             out = np.full((m, n), np.nan, np.float32)
             pp(a, bp, n, out, 2)
             np.testing.assert_allclose(out, a @ w, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ fork
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_child_forked_inside_get_pool_gets_a_pool():
+    """A fork while another thread is inside get_pool (holding its lock): the child must not
+    wait on the lock forever (it exits 2 when an alarm fires first)."""
+    import signal
+    spinpool = _spin_pool_or_skip()
+    fn = _counter_region()
+    with spinpool._pool_lock:
+        pid = os.fork()
+        if pid == 0:                                # pragma: no cover - the child
+            code = 1
+            try:
+                signal.signal(signal.SIGALRM, lambda *_: os._exit(2))
+                signal.alarm(10)
+                c = np.zeros(4, np.int64)
+                spinpool.get_pool(2).run(fn, c.ctypes.data, 4)
+                code = 0 if (c == [1, 2, 3, 4]).all() else 1
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0

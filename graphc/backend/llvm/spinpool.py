@@ -294,6 +294,13 @@ def ready() -> bool:
     return bool(_entry) and bool(_slice_addr)
 
 
+def _work(worker, raw, addr):
+    """A worker thread's body. It holds ``raw`` (the state words) until the native loop has
+    returned: close() waits only a second for a worker, so a pool replaced by get_pool (or
+    dropped at exit) must not free the words a late worker still reads."""
+    worker(addr)
+
+
 class SpinPool:
     """``workers`` native threads; ``run(fn, data, slices)`` runs ``fn(data, s)`` for every
     s in [0, slices) on them and on the calling thread, and returns when all are done."""
@@ -309,8 +316,9 @@ class SpinPool:
         self.state[_SLOT["syscall"]] = ctypes.cast(libc.syscall, ctypes.c_void_p).value
         self.state[_SLOT["spin"]] = spin
         self.state[_SLOT["yield"]] = ctypes.cast(libc.sched_yield, ctypes.c_void_p).value
-        self.threads = [threading.Thread(target=self._worker, args=(self.addr,), daemon=True,
-                                         name=f"graphc-spin-{i}") for i in range(workers)]
+        self.threads = [threading.Thread(target=_work, args=(self._worker, raw, self.addr),
+                                         daemon=True, name=f"graphc-spin-{i}")
+                        for i in range(workers)]
         for t in self.threads:
             t.start()
         self.closed = False
@@ -420,7 +428,7 @@ class KernelSplit:
     fixed chunk and waits for all). ``shift``: bytes between the partial results of slices
     (full reductions), else 0."""
 
-    __slots__ = ("head", "ways", "threads", "slices")
+    __slots__ = ("head", "ways", "threads", "slices", "pad")
 
     def __init__(self, fn_addr: int, n0: int, meta_ptr: int, n_operands: int, threads: int,
                  slices: int = 0, shift: int = 0):
@@ -428,6 +436,9 @@ class KernelSplit:
         # by default two slices per thread: a late worker leaves whole slices to others
         self.slices = min(n0, slices or 2 * threads)
         self.head = [fn_addr, n0, self.slices, meta_ptr, n_operands, shift]
+        # kernel_slice loads all MAX_OPERANDS operand words before it switches on their
+        # count: the block is that long, so no load reads past its end
+        self.pad = [0] * (MAX_OPERANDS - n_operands)
         self.ways = TwoWays()
         prefetch()
 
@@ -438,7 +449,7 @@ class KernelSplit:
         ran = False
         if pool is not None:
             # a fresh block per call: a plan may be shared by functions on other threads
-            d = np.array(self.head + args, np.int64)
+            d = np.array(self.head + args + self.pad, np.int64)
             ran = pool.run(kernel_slice(), d.ctypes.data, self.slices)
         if not ran:
             fn(0, n0, 0, meta_ptr, *args)
@@ -453,12 +464,25 @@ class KernelSplit:
         pool = get_pool(self.threads)
         if pool is None:
             return False
-        d = np.array(self.head + args, np.int64)
+        d = np.array(self.head + args + self.pad, np.int64)
         return pool.run(kernel_slice(), d.ctypes.data, self.slices)
 
 
 _pool = {"pid": None, "pool": None}
 _pool_lock = threading.Lock()
+
+
+def _reset_in_child():
+    """A child forked while another thread held _pool_lock would wait on it forever, and one
+    forked while prefetch's thread was loading code would never load it (the thread is gone):
+    the child starts with a free lock and prefetches again when asked."""
+    global _pool_lock
+    _pool_lock = threading.Lock()
+    _requested.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
 
 
 def get_pool(threads: int):
