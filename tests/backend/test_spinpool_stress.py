@@ -135,3 +135,75 @@ def test_child_forked_inside_get_pool_gets_a_pool():
                 os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+# ------------------------------------------------------------------ kernels and reductions
+@pytest.fixture
+def three_threads():
+    """Three kernel threads on this machine whatever its cores: pools of 2 workers, more
+    slices than cores."""
+    from graphc.backend.llvm import kernel
+    old = kernel._num_threads
+    kernel.set_num_threads(3)
+    yield
+    kernel._num_threads = old
+
+
+def _spy_runs(monkeypatch, spinpool):
+    ran = []
+    real = spinpool.SpinPool.run
+
+    def run(self, fn, data, slices):
+        ok = real(self, fn, data, slices)
+        ran.append(ok)
+        return ok
+    monkeypatch.setattr(spinpool.SpinPool, "run", run)
+    return ran
+
+
+def test_full_reductions_in_more_slices_than_threads(three_threads, monkeypatch):
+    """Full reductions split into 4 slices per thread: one partial result per slice, all
+    combined; sums, products, max and min against numpy, float32 and float64."""
+    spinpool = _spin_pool_or_skip()
+    ran = _spy_runs(monkeypatch, spinpool)
+    rng = np.random.default_rng(12)
+    for dtype in ("float32", "float64"):
+        x = T.vector("x", dtype=dtype)
+        outs = [T.sum(T.exp(x)), T.max(T.tanh(x) * T.exp(x)), T.min(T.exp(-x) + T.log1p(x * x)),
+                T.prod(T.exp(x * 1e-5))]
+        f = graphc.function([x], outs)
+        for n in (70001, 1 << 17, 200003):
+            xv = rng.standard_normal(n).astype(dtype)
+            x64 = xv.astype(np.float64)
+            want = [np.exp(x64).sum(), (np.tanh(x64) * np.exp(x64)).max(),
+                    (np.exp(-x64) + np.log1p(x64 * x64)).min(), np.prod(np.exp(x64 * 1e-5))]
+            # a float32 product of 1e5 factors near 1 is only good to ~1e-3 (rounding of
+            # the factors themselves), whichever way it is split
+            tols = [2e-4, 2e-4, 2e-4, 3e-3] if dtype == "float32" else [1e-9] * 3 + [1e-7]
+            for got, w, tol in zip(f(xv), want, tols):
+                np.testing.assert_allclose(got, w, rtol=tol)
+    assert any(ran)
+
+
+def test_axis_reductions_and_maps_split(three_threads):
+    """Reductions over one axis (kept loops split) and heavy maps on odd, strided,
+    transposed and broadcast operands, against numpy."""
+    _spin_pool_or_skip()
+    rng = np.random.default_rng(13)
+    x = T.matrix("x", dtype="float32")
+    y = T.matrix("y", dtype="float32")
+    z = T.exp(x) * T.tanh(y) + T.sqrt(T.abs(x))
+    f = graphc.function([x, y], [T.sum(z, axis=0), T.max(z, axis=1), z])
+
+    def ref(xv, yv):
+        r = np.exp(xv) * np.tanh(yv) + np.sqrt(np.abs(xv))
+        return [r.sum(0), r.max(1), r]
+    for shape in [(257, 301), (1, 70000), (70000, 1), (513, 129), (0, 5)]:
+        big = _f32(rng.standard_normal((shape[0] * 2 + 1, shape[1] * 2 + 1)))
+        cases = [(_f32(rng.standard_normal(shape)), _f32(rng.standard_normal(shape))),
+                 (big[:shape[0] * 2:2, ::-2][:, :shape[1]], _f32(rng.standard_normal(shape))),
+                 (_f32(rng.standard_normal(shape[::-1])).T,
+                  np.broadcast_to(_f32(rng.standard_normal(shape[1])), shape))]
+        for xv, yv in cases:
+            for got, want in zip(f(xv, yv), ref(xv, yv)):
+                np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-3)
