@@ -207,3 +207,118 @@ def test_axis_reductions_and_maps_split(three_threads):
         for xv, yv in cases:
             for got, want in zip(f(xv, yv), ref(xv, yv)):
                 np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-3)
+
+
+# ------------------------------------------------------------------ several Python threads
+def test_threads_share_compiled_functions(three_threads):
+    """Four Python threads each call their own function (a Function is not re-entrant), all
+    four sharing compiled kernels and plans (a large product split by columns, a heavy map,
+    full and axis reductions): every result matches numpy while the pool takes one caller at
+    a time and the others run alone."""
+    _spin_pool_or_skip()
+    from graphc.backend.llvm import blas_split
+    blas_split._ways.clear()
+    a = T.matrix("a", dtype="float32")
+    b = T.matrix("b", dtype="float32")
+    p = T.dot(a, b)
+    outs = [T.tanh(p) * T.exp(-p * p), T.sum(T.exp(a)), T.max(T.sigmoid(b) * T.exp(b), axis=0)]
+    fns = [graphc.function([a, b], outs) for _ in range(4)]
+
+    def ref(av, bv):
+        p = av.astype(np.float64) @ bv
+        return [np.tanh(p) * np.exp(-p * p), np.exp(av.astype(np.float64)).sum(),
+                (1 / (1 + np.exp(-bv)) * np.exp(bv)).max(0)]
+    errors = []
+
+    def work(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for i in range(8):
+                m = (160, 96, 257)[i % 3]
+                av = _f32(rng.standard_normal((m, 272)) * 0.1)
+                bv = _f32(rng.standard_normal((272, 336)))
+                for got, want in zip(fns[seed](av, bv), ref(av, bv)):
+                    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+        except Exception as e:                      # reported by the main thread
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    threads_fns = __import__("graphc.backend.llvm.blas", fromlist=["x"])._numpy_blas_threads()
+    if threads_fns is not None:                     # the count every split set is restored
+        assert threads_fns[0]() == _BLAS_THREADS_AT_IMPORT
+
+
+def _blas_threads():
+    from graphc.backend.llvm import blas
+    fns = blas._numpy_blas_threads()
+    return fns[0]() if fns is not None else None
+
+
+_BLAS_THREADS_AT_IMPORT = _blas_threads()
+
+
+# ------------------------------------------------------------------ products by columns
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_split_gemm_odd_layouts(dtype, monkeypatch):
+    """Column-split products on operand views (ldc > n, lda > k, transposed, m == 1, n just
+    above two slice units) against numpy, always split (blas_split.TwoWays forced)."""
+    from graphc.backend.llvm import blas, blas_split
+    spinpool = _spin_pool_or_skip()
+    fn = blas.numpy_cblas_gemm(np.dtype(dtype))
+    if fn is None or blas._numpy_blas_threads() is None:
+        pytest.skip("numpy's CBLAS not found")
+    import ctypes
+    blas_split._slice_fn("float" if dtype == "float32" else "double",
+                         64 if fn.argtypes[3] is ctypes.c_int64 else 32)
+    ran = _spy_runs(monkeypatch, spinpool)
+    monkeypatch.setattr(blas_split.TwoWays, "split", lambda self: True)
+    monkeypatch.setattr(blas_split, "MIN_WORK", 1)
+    monkeypatch.setattr(blas, "SPLIT_MIN", 1)
+    rng = np.random.default_rng(14)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for m, k, n in [(1, 300, 1000), (37, 41, 33), (64, 1, 200), (5, 700, 47)]:
+        A = rng.standard_normal((m + 3, k + 5)).astype(dtype)
+        B = rng.standard_normal((k + 2, n + 7)).astype(dtype)
+        for a in (A[1:m + 1, 2:k + 2], np.ascontiguousarray(A[:m, :k].T).T):
+            for b in (B[:k, 3:n + 3], np.ascontiguousarray(B[:k, :n].T).T):
+                C = rng.standard_normal((m + 1, n + 9)).astype(dtype)
+                c = C[1:, 4:n + 4]                      # ldc > n
+                want = 0.5 * (a.astype(np.float64) @ b) - 2.0 * c
+                outside = C.copy()
+                assert blas.gemm_into(a, b, 0.5, -2.0, c)
+                np.testing.assert_allclose(c, want, rtol=tol, atol=tol * 10)
+                outside[1:, 4:n + 4] = c                # nothing else written
+                np.testing.assert_array_equal(C, outside)
+    assert any(ran)
+    assert _blas_threads() == _BLAS_THREADS_AT_IMPORT
+
+
+# ------------------------------------------------------------------ switched off
+def test_spin_pool_off_by_environment():
+    """$GRAPHC_SPIN_POOL=0: no pool and no spinning thread; splits run on their caller and
+    results are unchanged."""
+    code = """
+import threading, numpy as np, graphc, graphc.tensor as T
+from graphc.backend.llvm import spinpool, kernel
+kernel.set_num_threads(2)
+assert not spinpool.usable(1) and spinpool.get_pool(2) is None
+x = T.matrix('x', dtype='float32')
+f = graphc.function([x], [T.sum(T.exp(x)), T.tanh(T.dot(x, x.T))])
+xv = np.random.default_rng(0).standard_normal((300, 300)).astype('float32') * 0.1
+s, t = f(xv)
+x64 = xv.astype(np.float64)
+assert np.allclose(s, np.exp(x64).sum(), rtol=1e-4)
+assert np.allclose(t, np.tanh(x64 @ x64.T), rtol=1e-4, atol=1e-5)
+assert not [th for th in threading.enumerate() if th.name.startswith('graphc-spin')]
+print('ok')
+"""
+    env = dict(os.environ, GRAPHC_SPIN_POOL="0")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
