@@ -322,3 +322,43 @@ print('ok')
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ pools replaced, closed
+def test_pool_replaced_while_another_thread_runs_on_it():
+    """get_pool with more threads closes the pool another thread is running regions on: that
+    thread's regions still run every slice once (its caller claims what the stopped workers
+    leave), nothing hangs, and a closed pool keeps working on its caller alone."""
+    spinpool = _spin_pool_or_skip()
+    fn = _counter_region()
+    old = spinpool.get_pool(2)
+    d = np.zeros(40, np.int64)
+    stop = threading.Event()
+    count = [0]
+
+    def runner():
+        while not stop.is_set() or count[0] < 200:
+            n = 1 + count[0] % 40
+            assert old.run(fn, d.ctypes.data, n)
+            count[0] += 1
+    t = threading.Thread(target=runner)
+    t.start()
+    try:
+        new = spinpool.get_pool(len(old.threads) + 3)       # more workers: a new pool
+        assert new is not old and old.closed
+        e = np.zeros(8, np.int64)
+        for _ in range(50):
+            new.run(fn, e.ctypes.data, 8)
+        np.testing.assert_array_equal(e, 50 * np.arange(1, 9))
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert not t.is_alive()
+    expect = np.zeros(40, np.int64)
+    for i in range(count[0]):
+        n = 1 + i % 40
+        expect[:n] += np.arange(1, n + 1)
+    np.testing.assert_array_equal(d, expect)
+    with spinpool._pool_lock:                   # later tests start a pool of their size
+        big, spinpool._pool["pool"] = spinpool._pool["pool"], None
+    big.close()
