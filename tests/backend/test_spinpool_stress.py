@@ -362,3 +362,28 @@ def test_pool_replaced_while_another_thread_runs_on_it():
     with spinpool._pool_lock:                   # later tests start a pool of their size
         big, spinpool._pool["pool"] = spinpool._pool["pool"], None
     big.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_child_forked_during_a_one_blas_thread_product_restores_the_count():
+    """A fork while another thread runs a product with OpenBLAS's count lowered to 1 (a
+    column split, a product in a step loop): the child, which has no thread to restore it,
+    gets the count back (before: it kept one BLAS thread for good)."""
+    from graphc.backend.llvm import blas
+    fns = blas._numpy_blas_threads()
+    if fns is None or fns[0]() < 2:
+        pytest.skip("needs numpy's OpenBLAS with several threads")
+    get, put = fns
+    before = get()
+    blas.lowered[0] += 1                    # what gemm_into / split_gemm do around the call
+    blas.lowered[1] = before
+    put(1)
+    try:
+        pid = os.fork()
+        if pid == 0:                        # pragma: no cover - the child
+            os._exit(0 if get() == before else 1)
+    finally:
+        put(before)
+        blas.lowered[0] -= 1
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
