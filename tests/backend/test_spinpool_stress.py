@@ -387,3 +387,48 @@ def test_child_forked_during_a_one_blas_thread_product_restores_the_count():
         blas.lowered[0] -= 1
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+@pytest.mark.parametrize("real", ["float", "double"])
+def test_gemm_slice_arguments(bits, real, monkeypatch):
+    """The column slices' CBLAS calls, for both integer widths and precisions (numpy here
+    has one of them): a recording gemm stands in for the library. The slices cover [0, n)
+    once, in multiples of 16 columns, with B and C advanced by their column steps."""
+    import ctypes
+    from graphc.backend.llvm import blas_split
+    _spin_pool_or_skip()
+    i = ctypes.c_int64 if bits == 64 else ctypes.c_int32
+    r = ctypes.c_float if real == "float" else ctypes.c_double
+    p = ctypes.c_void_p
+    calls = []
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_int, ctypes.c_int, i, i, i, r, p, i,
+                             p, i, r, p, i)
+
+    def record(*args):
+        calls.append(args)
+    fn = proto(record)
+    fn.argtypes = proto._argtypes_
+    blas_split._slice_fn(real, bits)
+    monkeypatch.setattr(blas_split.TwoWays, "split", lambda self: True)
+    item = 4 if real == "float" else 8
+    counts = [3]
+    threads_fns = (lambda: counts[-1], counts.append)
+    for tb, n in [(111, 1000), (112, 33), (111, 47)]:
+        calls.clear()
+        m, k, ldb, ldc = 70, 5000, 1200, 1100
+        args = (101, 111, tb, m, n, k, 0.5, 4096, 5008, 1 << 20, ldb, -2.0, 1 << 30, ldc)
+        assert blas_split.split_gemm(fn, args, threads_fns, 3)
+        assert counts[-1] == 3 and 1 in counts          # lowered around the region, restored
+        assert len(calls) >= 2                          # split, not the one call
+        bstep = item if tb == 111 else ldb * item
+        cols = []
+        for c in sorted(calls, key=lambda c: c[12]):
+            order, ta, tb_, m_, w, k_, al, a, lda, b, ldb_, be, cp, ldc_ = c
+            n0 = (cp - (1 << 30)) // item
+            assert (order, ta, tb_, m_, k_, lda, ldb_, ldc_) == (101, 111, tb, m, k, 5008, ldb,
+                                                                  ldc)
+            assert (al, be, a) == (0.5, -2.0, 4096) and b == (1 << 20) + n0 * bstep
+            assert n0 % 16 == 0 and w > 0
+            cols += range(n0, n0 + w)
+        assert cols == list(range(n))
