@@ -234,6 +234,19 @@ SMALL_PRODUCT = 1 << 24                  # m * n * k (multiply-adds)
 SPLIT_MIN = 1 << 22                      # products from which blas_split may take over
 step_loops = [0]                         # scan loops running (see in_step_loop)
 _threads_fns: dict = {}
+# calls running with the count lowered to 1 (here and in blas_split), and the count to restore:
+# a child forked meanwhile has no thread that restores it, and would keep one BLAS thread
+lowered = [0, 1]
+
+
+def _restore_in_child():
+    if lowered[0] and _threads_fns.get("fns"):
+        _threads_fns["fns"][1](lowered[1])
+    lowered[0] = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restore_in_child)
 
 
 def _numpy_blas_threads():
@@ -322,9 +335,12 @@ def gemm_into(a, b, alpha, beta, c) -> bool:
     if before <= 1:
         fn(*args)
         return True
+    lowered[0] += 1
+    lowered[1] = before
     put(1)
     try:
         fn(*args)
     finally:
         put(before)
+        lowered[0] -= 1
     return True

@@ -28,6 +28,7 @@ from time import perf_counter
 import numpy as np
 
 from . import jit
+from .blas import lowered
 from .spinpool import TwoWays, get_pool, prefetch, ready, usable
 
 UNIT = 16                   # columns per slice boundary (whole vectors for the kernels)
@@ -138,13 +139,16 @@ def split_gemm(fn, args, threads_fns, threads: int) -> bool:
                       np.float64(beta).view(np.int64), c, ldc, bstep, item], np.int64)
         get, put = threads_fns
         before = get()
-        if before > 1:
-            put(1)
         try:
+            if before > 1:
+                lowered[0] += 1         # a child forked meanwhile restores it (blas.py)
+                lowered[1] = before
+                put(1)
             ran = pool.run(_slice_fn(real, bits), d.ctypes.data, slices)
         finally:
             if before > 1:
                 put(before)
+                lowered[0] -= 1
     if not ran:
         fn(*args)
     ways.record(ran, perf_counter() - start)

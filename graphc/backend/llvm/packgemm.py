@@ -189,7 +189,7 @@ class PackedProduct:
             a = np.ascontiguousarray(a)
         m, k = a.shape
         panels = bp.shape[0]
-        lda = max(1, a.strides[0] // 4)
+        lda = a.strides[0] // 4          # 0 for a broadcast row: every row reads it
         ldc = max(1, out.strides[0] // 4)
         if m == 0 or n == 0:
             return out

@@ -22,7 +22,12 @@ State: int64 words, each group on its own cache line (see ``_SLOT``). ``ticket``
 saw, so a late worker can never take a slice of the next region. ``fn``/``data``/``slices``
 are written before the ticket is published (release) and read after a successful claim
 (acquire); the caller writes them again only after every slice of the previous region was
-finished, i.e. after every claim of it succeeded and completed.
+finished, i.e. after every claim of it succeeded and completed. Before writing them it
+closes the finished generation (next slice := 2^32 - 1): a claimer that read the old ticket
+and then the NEW slice count would otherwise see ``next < slices`` and win its
+compare-and-swap against the still unchanged old ticket, running a slice of the new region
+twice and counting it in its ``done`` (the caller could return while slices still run).
+Reading the new count (acquire) makes that claimer's compare-and-swap see the closed ticket.
 
 The pool exists per process: a forked child (which has no workers) starts its own.
 """
@@ -66,7 +71,7 @@ claim:
 check:
   %s = and i64 %t, 4294967295
   %np = {_gep("slices")}
-  %n = load atomic i64, ptr %np monotonic, align 8
+  %n = load atomic i64, ptr %np acquire, align 8
   %more = icmp slt i64 %s, %n
   br i1 %more, label %take, label %out
 take:
@@ -173,15 +178,17 @@ exit:
 
 define internal void @pool_run(ptr %st, i64 %fn, i64 %data, i64 %slices) {{
 entry:
+  %t = load atomic i64, ptr %st monotonic, align 8
+  %closed = or i64 %t, 4294967295           ; no claim of the last generation can succeed
+  store atomic i64 %closed, ptr %st seq_cst, align 8
   %fp = {_gep("fn")}
   store atomic i64 %fn, ptr %fp monotonic, align 8
   %dp = {_gep("data")}
   store atomic i64 %data, ptr %dp monotonic, align 8
   %np = {_gep("slices")}
-  store atomic i64 %slices, ptr %np monotonic, align 8
+  store atomic i64 %slices, ptr %np release, align 8
   %donep = {_gep("done")}
   store atomic i64 0, ptr %donep monotonic, align 8
-  %t = load atomic i64, ptr %st monotonic, align 8
   %g = lshr i64 %t, 32
   %g1 = add i64 %g, 1
   %gm = and i64 %g1, 4294967295
@@ -287,6 +294,13 @@ def ready() -> bool:
     return bool(_entry) and bool(_slice_addr)
 
 
+def _work(worker, raw, addr):
+    """A worker thread's body. It holds ``raw`` (the state words) until the native loop has
+    returned: close() waits only a second for a worker, so a pool replaced by get_pool (or
+    dropped at exit) must not free the words a late worker still reads."""
+    worker(addr)
+
+
 class SpinPool:
     """``workers`` native threads; ``run(fn, data, slices)`` runs ``fn(data, s)`` for every
     s in [0, slices) on them and on the calling thread, and returns when all are done."""
@@ -302,8 +316,9 @@ class SpinPool:
         self.state[_SLOT["syscall"]] = ctypes.cast(libc.syscall, ctypes.c_void_p).value
         self.state[_SLOT["spin"]] = spin
         self.state[_SLOT["yield"]] = ctypes.cast(libc.sched_yield, ctypes.c_void_p).value
-        self.threads = [threading.Thread(target=self._worker, args=(self.addr,), daemon=True,
-                                         name=f"graphc-spin-{i}") for i in range(workers)]
+        self.threads = [threading.Thread(target=_work, args=(self._worker, raw, self.addr),
+                                         daemon=True, name=f"graphc-spin-{i}")
+                        for i in range(workers)]
         for t in self.threads:
             t.start()
         self.closed = False
@@ -416,7 +431,7 @@ class KernelSplit:
     fixed chunk and waits for all). ``shift``: bytes between the partial results of slices
     (full reductions), else 0."""
 
-    __slots__ = ("head", "ways", "threads", "slices")
+    __slots__ = ("head", "ways", "threads", "slices", "pad")
 
     def __init__(self, fn_addr: int, n0: int, meta_ptr: int, n_operands: int, threads: int,
                  slices: int = 0, shift: int = 0):
@@ -424,6 +439,9 @@ class KernelSplit:
         # by default two slices per thread: a late worker leaves whole slices to others
         self.slices = min(n0, slices or 2 * threads)
         self.head = [fn_addr, n0, self.slices, meta_ptr, n_operands, shift]
+        # kernel_slice loads all MAX_OPERANDS operand words before it switches on their
+        # count: the block is that long, so no load reads past its end
+        self.pad = [0] * (MAX_OPERANDS - n_operands)
         self.ways = TwoWays()
         prefetch()
 
@@ -434,7 +452,7 @@ class KernelSplit:
         ran = False
         if pool is not None:
             # a fresh block per call: a plan may be shared by functions on other threads
-            d = np.array(self.head + args, np.int64)
+            d = np.array(self.head + args + self.pad, np.int64)
             ran = pool.run(kernel_slice(), d.ctypes.data, self.slices)
         if not ran:
             fn(0, n0, 0, meta_ptr, *args)
@@ -449,12 +467,25 @@ class KernelSplit:
         pool = get_pool(self.threads)
         if pool is None:
             return False
-        d = np.array(self.head + args, np.int64)
+        d = np.array(self.head + args + self.pad, np.int64)
         return pool.run(kernel_slice(), d.ctypes.data, self.slices)
 
 
 _pool = {"pid": None, "pool": None}
 _pool_lock = threading.Lock()
+
+
+def _reset_in_child():
+    """A child forked while another thread held _pool_lock would wait on it forever, and one
+    forked while prefetch's thread was loading code would never load it (the thread is gone):
+    the child starts with a free lock and prefetches again when asked."""
+    global _pool_lock
+    _pool_lock = threading.Lock()
+    _requested.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
 
 
 def get_pool(threads: int):
