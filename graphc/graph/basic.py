@@ -141,7 +141,8 @@ class Variable:
         # slots named with an underscore (Constant._sig), which load as None
         kept, _ = _pickled_slots(type(self))
         state = {k: getattr(self, k) for k in kept if hasattr(self, k)}
-        state.update(getattr(self, "__dict__", ()))     # subclasses without __slots__
+        if type(self).__dictoffset__:                   # a subclass without __slots__
+            state.update(self.__dict__)
         return state
 
     def __setstate__(self, state):
