@@ -228,3 +228,12 @@ def test_scan_op_round_trip_keeps_equality_and_hash():
     assert copy == op and hash(copy) == hash(op) and "_compiled" not in copy.__dict__
     del op.__dict__["_compiled"]
     assert isinstance(copy.inner_outputs[0], Variable)
+
+
+def test_clear_cache_removes_the_graphs(cachedir):
+    x = T.fvector("x")
+    _function([x], x * 2 + 1)
+    assert _graphs(cachedir)
+    jit.clear_cache()
+    assert not _graphs(cachedir)
+    assert _function([x], x * 2 + 1)[1]["misses"] == 1
