@@ -22,6 +22,11 @@ same graph in another process gives the same bytes, and a graph that pickles dif
 mistaken for another. Entries are written atomically (temporary file + rename); an entry
 whose header or hash does not match, or that does not load, is rebuilt. ``graph_cache=False``
 (GRAPHC_FLAGS) turns the cache off.
+
+For op authors: an op is pickled with its ``__dict__``. State that must not travel (compiled
+functions, values of ``hash()``, which differ between processes) is left out by
+``__getstate__`` and rebuilt by ``__setstate__`` (see Scan, IfElse); an op that keeps a
+``_hash`` without them makes its graphs uncacheable, and one that cannot be pickled too.
 """
 from __future__ import annotations
 
