@@ -264,8 +264,11 @@ def run_compile(targets, fws, args, opts, workdir, timeout) -> dict:
     t0 = time.monotonic()
     if args.quick:
         targets = sorted(targets, key=lambda w: QUICK_ORDER.index(w.name))
-    for fw in which:
-        for w in targets:
+    # workload by workload, every framework in turn: the rows compared with each other run
+    # seconds apart, so a change of load on a shared machine (minutes apart when one
+    # framework ran all its workloads before the next) does not decide which is faster
+    for w in targets:
+        for fw in which:
             if args.quick and time.monotonic() - t0 > QUICK_COMPILE_BUDGET_S:
                 out[w.name][fw] = {"status": "skipped",
                                    "error": f"--quick: {QUICK_COMPILE_BUDGET_S} s budget spent"}

@@ -47,6 +47,13 @@ class IfElse(Op):
     def __hash__(self):
         return self._hash
 
+    def __getstate__(self):         # the graph cache: string hashes differ between processes
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._hash = hash((type(self), self._props()))
+
     def __str__(self):
         return f"IfElse{{{self.name}}}" if self.name else "IfElse"
 

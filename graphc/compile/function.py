@@ -231,8 +231,8 @@ def _compile(ins, in_vars, outs, upd, replace, single, mode, name, on_unused_inp
     mode_obj = get_mode(mode)
     fgraph = FunctionGraph(in_vars + shared_inputs, cloned, clone=False)
     n_out = len(outs)
-    from graphc.rewriting.pipeline import optimize
-    optimize(fgraph, mode_obj)
+    from graphc.compile.graph_cache import optimized
+    fgraph = optimized(fgraph, mode_obj, user_trace())   # the rewrite passes, or their result
     if mode_obj.check:
         fgraph.check()
     linker_name = resolve_linker(mode_obj)
@@ -244,11 +244,14 @@ def preload() -> None:
     """Import what the first ``function()`` call of a process would otherwise import inside
     its own compile: the rewrite pipeline, the scan rewrites and the default CPU backend
     with its native step makers (~45 ms of module loading, more than the rest of a small
-    graph's warm-cache compile). ``import graphc`` calls this once, after its own imports."""
+    graph's warm-cache compile), and hash graphc's sources for the graph cache (~3 ms).
+    ``import graphc`` calls this once, after its own imports."""
     import graphc.rewriting.pipeline  # noqa: F401
     import graphc.scan_module.rewrites  # noqa: F401
     import graphc.scan_module.store  # noqa: F401
     import graphc.scan_module.grad  # noqa: F401
+    from graphc.compile import graph_cache
+    graph_cache.preload()
     if config.device in ("gpu", "cuda") or config.linker not in ("auto", "llvm"):
         return
     try:

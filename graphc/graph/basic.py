@@ -32,6 +32,11 @@ class Scratchpad:
     def __repr__(self):
         return f"scratchpad{self.__dict__}"
 
+    def __getstate__(self):
+        # entries named with an underscore are caches (e.g. Variable.eval's compiled
+        # functions): not copied by clones (_copy_tag), not pickled either
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
 
 _outside_cache: Dict[str, bool] = {}
 
@@ -103,6 +108,18 @@ class Type:
 
 
 _ids = itertools.count()
+_PICKLED_SLOTS: Dict[type, tuple] = {}     # class -> (slots pickled, caches loaded as None)
+
+
+def _pickled_slots(cls) -> tuple:
+    """(slots Variable.__getstate__ keeps, cache slots __setstate__ sets to None) of cls."""
+    names = _PICKLED_SLOTS.get(cls)
+    if names is None:
+        slots = [k for c in reversed(cls.__mro__) for k in c.__dict__.get("__slots__", ())]
+        names = _PICKLED_SLOTS[cls] = (
+            [k for k in slots if not k.startswith("_") and k != "auto_name"],
+            [k for k in slots if k.startswith("_") and k not in ("__weakref__", "__dict__")])
+    return names
 
 
 class Variable:
@@ -116,6 +133,23 @@ class Variable:
         self.index = index
         self.name = name
         self.tag = Scratchpad()
+        self.auto_name = f"auto_{next(_ids)}"
+
+    def __getstate__(self):
+        # a pickled graph (graphc/compile/graph_cache.py) leaves out auto_name, a
+        # per-process creation number (a loaded variable gets a new one), and the caches,
+        # slots named with an underscore (Constant._sig), which load as None
+        kept, _ = _pickled_slots(type(self))
+        state = {k: getattr(self, k) for k in kept if hasattr(self, k)}
+        if type(self).__dictoffset__:                   # a subclass without __slots__
+            state.update(self.__dict__)
+        return state
+
+    def __setstate__(self, state):
+        for k in _pickled_slots(type(self))[1]:
+            setattr(self, k, None)
+        for k, v in state.items():
+            setattr(self, k, v)
         self.auto_name = f"auto_{next(_ids)}"
 
     def __str__(self):

@@ -93,6 +93,15 @@ class Scan(Op):
     def __hash__(self):
         return self._hash
 
+    def __getstate__(self):
+        # for the graph cache (graphc/compile/graph_cache.py): not the compiled inner
+        # functions, nor the hash (string hashes differ between processes)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_hash", "_compiled")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._hash = hash((self.info, self.signature))
+
     def __str__(self):
         return f"Scan{{{self.info.name}}}"
 

@@ -5,6 +5,7 @@ statically known to be 1.  ``TensorType('float32', (False, True))`` is accepted 
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -141,7 +142,8 @@ class TensorType(Type):
         a = np.asarray(data)
         if a.size <= 16:
             return (a.shape, a.dtype.str, a.tobytes())
-        return (a.shape, a.dtype.str, hash(a.tobytes()))
+        # a content hash, not hash(): the same in every process (pickled graphs keep it)
+        return (a.shape, a.dtype.str, hashlib.blake2b(a.tobytes(), digest_size=16).digest())
 
     def data_str(self, data):
         a = np.asarray(data)

@@ -477,7 +477,8 @@ def cache_info() -> dict:
 
 
 def clear_cache() -> None:
-    """Remove every cache entry (and temporaries left by killed writers) from the directory.
+    """Remove every cache entry (and temporaries left by killed writers) from the directory,
+    the optimized graphs of graphc/compile/graph_cache.py (``.graph``) included.
 
     Functions already loaded into this process stay loaded (their addresses are in use).
     """
@@ -492,7 +493,7 @@ def clear_cache() -> None:
         path = os.path.join(d, name)
         if name.startswith(".tmp-link-"):
             shutil.rmtree(path, ignore_errors=True)
-        elif name.endswith((".o", ".so", ".ok", ".part")) or (
+        elif name.endswith((".o", ".so", ".ok", ".part", ".graph")) or (
                 name.startswith("host-") and name.endswith(".json")):
             try:
                 os.unlink(path)

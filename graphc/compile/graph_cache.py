@@ -1,0 +1,267 @@
+"""A persistent cache of optimized graphs: a warm process skips the rewrite passes.
+
+``function()`` rewrites the graph it is given (graphc/rewriting/pipeline.py) before linking.
+The result depends only on that graph, the mode, the flags and graphc's own code, so it is
+stored in the compile dir and a later process that builds the same graph loads it instead
+of running the passes again (measured on the benchmark workloads, warm caches: 12-25 ms
+less CPU to build the MLP, LeNet and LSTM steps, about a third to a half of their build).
+
+    key = sha256(graphc's source text, Python/numpy versions, every flag, the mode,
+                 the trace function() records on new nodes, the types of the inputs,
+                 pickle of the graph's outputs with each input replaced by its position)
+    <compiledir>/<key>.graph = header (magic, length, sha256 of the payload) + pickle of
+                               the optimized FunctionGraph, inputs again by position
+
+The inputs (explicit inputs and shared variables) are never stored: they are the calling
+process's own objects, put back by position, so updates reach the user's shared variables.
+A graph that reaches a shared variable any other way, holds something that cannot be
+pickled, or is compiled with ``optimizer_verbose`` / debug checks (whose point is to run
+the passes) is not cached. Everything else in the key is content, not identity: pickling the
+same graph in another process gives the same bytes, and a graph that pickles differently
+(say, a set whose order follows the per-process string hash) only misses, it is never
+mistaken for another. Entries are written atomically (temporary file + rename); an entry
+whose header or hash does not match, or that does not load, is rebuilt. ``graph_cache=False``
+(GRAPHC_FLAGS) turns the cache off.
+
+For op authors: an op is pickled with its ``__dict__``. State that must not travel (compiled
+functions, values of ``hash()``, which differ between processes) is left out by
+``__getstate__`` and rebuilt by ``__setstate__`` (see Scan, IfElse); an op that keeps a
+``_hash`` without them makes its graphs uncacheable, and one that cannot be pickled too.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import struct
+import sys
+
+import numpy as np
+
+from graphc.compile.sharedvalue import SharedVariable
+from graphc.configdefaults import config
+
+_MAGIC = b"GRAPHCG1"
+_HEADER = struct.Struct("<8sQ32s")          # magic, payload length, sha256(payload)
+MAX_BYTES = 64 << 20                        # larger graphs (big constants) are not stored
+
+stats = {"hits": 0, "misses": 0, "stored": 0, "uncacheable": 0, "rebuilt_corrupt": 0}
+_source_hash = None
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+def _sources() -> bytes:
+    """sha256 of every graphc source file (read once per process): any change to a rewrite,
+    an op or this module gives every graph a new key."""
+    global _source_hash
+    if _source_hash is None:
+        h = hashlib.sha256()
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        try:
+            for d, dirs, files in os.walk(root):
+                dirs.sort()
+                for name in sorted(files):
+                    if name.endswith(".py"):
+                        path = os.path.join(d, name)
+                        with open(path, "rb") as f:
+                            h.update(os.path.relpath(path, root).encode() + b"\0" + f.read())
+        except OSError:                     # unreadable sources: nothing is ever shared
+            h.update(os.urandom(32))
+        _source_hash = h.digest()
+    return _source_hash
+
+
+def preload() -> None:
+    """Hash graphc's sources now (at import, see function.preload) when the cache is on."""
+    if config.graph_cache:
+        _sources()
+
+
+def compiledir() -> str:
+    """The same directory as the kernel cache (graphc/backend/llvm/jit.py), else the flag."""
+    try:
+        from graphc.backend.llvm.jit import compiledir as jit_dir
+    except ImportError:                     # no llvmlite
+        return config.compiledir
+    return jit_dir()
+
+
+def _input(k):
+    """Stands for input ``k`` in a pickle; _Unpickler resolves it to the caller's input."""
+    raise RuntimeError("a pickled graph is loaded with graph_cache._Unpickler")
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles a graph with the variables of ``inputs`` replaced by their position.
+
+    ``reducer_override`` rather than ``persistent_id``: the pickler calls the latter for
+    every object, strings and tuples included (~35,000 Python calls for a chain of 200
+    elementwise ops), the former only for instances of other classes."""
+
+    def __init__(self, f, inputs):
+        super().__init__(f, protocol=pickle.HIGHEST_PROTOCOL)
+        self._pos = {id(v): k for k, v in enumerate(inputs)}
+
+    def reducer_override(self, obj):
+        k = self._pos.get(id(obj))
+        if k is not None:
+            return _input, (k,)
+        if isinstance(obj, SharedVariable):  # its value and identity must not be copied
+            raise _Uncacheable("a shared variable that is not an input")
+        if type(obj).__module__.startswith("numpy") and isinstance(obj, np.dtype) and \
+                obj.isbuiltin == 1 and obj.metadata is None:
+            # numpy's own dtype objects load back as copies, but the native call path
+            # (graphc/backend/llvm/pycall.py) checks ``a.dtype is`` numpy's singleton
+            return np.dtype, (obj.str,)
+        state = getattr(obj, "__dict__", None)
+        if state is not None and "_hash" in state and \
+                type(obj).__getstate__ is object.__getstate__:
+            # a remembered hash() (of strings: different in another process) would be
+            # restored as is; classes that recompute it define __getstate__ (Scan, IfElse)
+            raise _Uncacheable(f"{type(obj).__name__} keeps its hash")
+        return NotImplemented
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, f, inputs):
+        super().__init__(f)
+        self._inputs = inputs
+
+    def find_class(self, module, name):
+        if module == __name__ and name == "_input":
+            return self._inputs.__getitem__
+        return super().find_class(module, name)
+
+
+def _dump(obj, inputs) -> bytes:
+    buf = io.BytesIO()
+    try:
+        _Pickler(buf, inputs).dump(obj)
+    except _Uncacheable:
+        raise
+    except Exception as e:                  # an op or tag that cannot be pickled
+        raise _Uncacheable(f"{type(e).__name__}: {e}") from None
+    return buf.getvalue()
+
+
+def enabled(mode) -> bool:
+    return bool(config.graph_cache) and not config.optimizer_verbose and \
+        not config.debug and not getattr(mode, "check", False)
+
+
+def key(fgraph, mode, trace) -> str | None:
+    """The key of optimizing ``fgraph`` (not optimized yet) in ``mode``, or None when it
+    cannot be cached. ``trace``: what function() records on the nodes it creates."""
+    if not enabled(mode):
+        return None
+    try:
+        # the nodes in topological order first: pickling them from the outputs would
+        # recurse once per node along a long chain
+        graph = _dump((fgraph.toposort(), fgraph.outputs), fgraph.inputs)
+    except _Uncacheable:
+        stats["uncacheable"] += 1
+        return None
+    h = hashlib.sha256(_sources())
+    flags = sorted((n, repr(v)) for n, v in config._values.items() if n != "compiledir")
+    mode_state = sorted((k, repr(v)) for k, v in vars(mode).items())
+    parts = [sys.version, np.__version__, repr(flags), type(mode).__qualname__,
+             repr(mode_state), repr(trace), repr([(v.type, v.name) for v in fgraph.inputs])]
+    for p in parts:
+        h.update(p.encode() + b"\0")
+    h.update(graph)
+    return h.hexdigest()
+
+
+def _path(k: str) -> str:
+    return os.path.join(compiledir(), k + ".graph")
+
+
+def optimized(fgraph, mode, trace):
+    """``fgraph`` (not optimized yet) after the rewrite passes of ``mode``: loaded from the
+    cache, else optimized here, stored, and loaded back from the bytes just stored.
+
+    Loading back costs a cold compile ~1-5 ms and buys two things: the graph a process
+    runs is always one that came out of the cache, so a graph that does not survive the
+    round trip fails in the process that made it (and in the tests), not in a later one;
+    and the inner graphs of its loops, compiled later from that graph, pickle to the same
+    bytes in every process (a freshly built graph and its unpickled copy can differ in
+    which equal objects they share), so their own keys hit in the next process too."""
+    from graphc.rewriting.pipeline import optimize
+    k = key(fgraph, mode, trace)
+    if k is None:
+        return optimize(fgraph, mode)
+    hit = _load(k, fgraph)
+    if hit is not None:
+        return hit
+    optimize(fgraph, mode)
+    try:
+        payload = _dump((fgraph.toposort(), fgraph), fgraph.inputs)
+    except _Uncacheable:
+        stats["uncacheable"] += 1
+        return fgraph
+    again = _unpack(payload, fgraph)
+    if again is None:                       # does not survive pickling: use it as it is
+        stats["uncacheable"] += 1
+        return fgraph
+    if len(payload) <= MAX_BYTES:
+        _store(k, payload)
+    return again
+
+
+def _load(k: str, fgraph):
+    """The optimized graph stored under ``k``, its inputs being ``fgraph``'s own, or None
+    (missing, damaged, or not the graph ``fgraph`` becomes)."""
+    try:
+        with open(_path(k), "rb") as f:
+            blob = f.read()
+    except OSError:
+        stats["misses"] += 1
+        return None
+    loaded = None
+    if len(blob) >= _HEADER.size:
+        magic, length, digest = _HEADER.unpack(blob[:_HEADER.size])
+        payload = blob[_HEADER.size:]
+        if magic == _MAGIC and length == len(payload) and \
+                hashlib.sha256(payload).digest() == digest:
+            loaded = _unpack(payload, fgraph)
+    if loaded is None:
+        stats["rebuilt_corrupt"] += 1
+        return None
+    stats["hits"] += 1
+    return loaded
+
+
+def _unpack(payload: bytes, fgraph):
+    """The graph pickled in ``payload`` with ``fgraph``'s inputs, or None when it does not
+    load or is not a graph of those very inputs with outputs of the same types."""
+    from graphc.graph.fg import FunctionGraph
+    try:
+        loaded = _Unpickler(io.BytesIO(payload), fgraph.inputs).load()[1]
+    except Exception:
+        return None
+    ok = isinstance(loaded, FunctionGraph) and len(loaded.inputs) == len(fgraph.inputs) \
+        and all(a is b for a, b in zip(loaded.inputs, fgraph.inputs)) \
+        and len(loaded.outputs) == len(fgraph.outputs) \
+        and all(_same_kind(a.type, b.type) for a, b in zip(loaded.outputs, fgraph.outputs))
+    return loaded if ok else None
+
+
+def _same_kind(a, b) -> bool:
+    """What FunctionGraph.replace keeps of an output's type: a rewrite may learn a static
+    shape (``(?, ?)`` -> ``(32, 256)``), never change the dtype or the number of dims."""
+    return a == b or (type(a) is type(b) and getattr(a, "dtype", None) == getattr(b, "dtype", 0)
+                      and getattr(a, "ndim", None) == getattr(b, "ndim", 0))
+
+
+def _store(k: str, payload: bytes) -> None:
+    try:        # the kernel cache's writer: temporary file + rename, failures only logged
+        from graphc.backend.llvm.jit import _atomic_write
+    except ImportError:                     # no llvmlite: no compile dir to share
+        return
+    head = _HEADER.pack(_MAGIC, len(payload), hashlib.sha256(payload).digest())
+    _atomic_write(_path(k), head, payload)
+    stats["stored"] += 1
