@@ -19,7 +19,7 @@ from typing import Callable, Dict, List
 import numpy as np
 
 from graphc.backend.kernel_spec import DTYPES
-from graphc.backend.llvm.blas import SPLIT_MIN, gemm_into, step_loops
+from graphc.backend.llvm.blas import SMALL_PRODUCT, gemm_into, step_loops
 from graphc.configdefaults import config
 from graphc.link.py import make_storage, node_error
 from graphc.tensor.basic import Join
@@ -281,9 +281,9 @@ def _gemm_step(node, ins, outs, reuse) -> Callable:
                 _check_z(op, node, ins[3][0], shape)
             # np.dot(out=) when it is the same product; in a scan's step loop gemm_into,
             # which runs small products on one BLAS thread (blas.in_step_loop)
-            # (large ones through gemm_into too: it may split them, blas_split.py)
+            # (all but tiny ones through gemm_into: one OpenBLAS thread, graphc's own split)
             if alpha == 0.0 or alpha == 1.0 and not step_loops[0] and \
-                    a.shape[0] * a.shape[1] * c.shape[1] < SPLIT_MIN or \
+                    a.shape[0] * a.shape[1] * c.shape[1] < SMALL_PRODUCT or \
                     not gemm_into(a, b, alpha, 0.0, c):
                 np.dot(a, b, out=c)
                 if alpha != 1.0:

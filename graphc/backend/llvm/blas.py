@@ -222,17 +222,19 @@ def numpy_cblas_gemm(dtype):
 
 
 # --------------------------------------------------------------------------- threads in loops
-# A scan step's products are small (an LSTM's 32x256 @ 256x1024, 0.3 ms on one core). Inside
-# the step loop, numpy's OpenBLAS on two threads ran them no faster than on one (300-330 vs
-# ~290 us per product, development machine), and when another process holds the second core
-# its worker makes each product wait for a time slice (in-process A/B on the loaded machine:
-# median 2.6 s vs 0.66 s for the whole LSTM step).  So a product this small, run while a
-# scan loop is running, uses one BLAS thread; larger ones keep the configured count.
-# The count is process-wide: it is set to 1 around the one call and restored after it (a
+# Every product graphc runs through numpy's OpenBLAS runs on ONE OpenBLAS thread; graphc
+# makes the parallelism itself (blas_split.py: column slices on its spin pool; packgemm.py
+# for a scan step's products). OpenBLAS's workers busy-wait for ~0.1 s after a threaded call
+# (development machine), so one threaded call leaves a spinning thread that takes a core from
+# everything graphc runs next: the LSTM step took 77 ms with OpenBLAS's threads in its gemms
+# against 50 ms with none (same process, idle machine; its per-step products ran at 514-831
+# instead of 262-283 us on one thread), and OpenBLAS's fixed shares stall on a loaded machine
+# (a 256x1024 @ 1024x1024 product: 75-80 ms on two threads vs 16 ms on one, load ~3.9).
+# The count is process-wide: it is set to 1 around each call and restored after it (a
 # product another Python thread starts meanwhile may run on one thread too).
-SMALL_PRODUCT = 1 << 24                  # m * n * k (multiply-adds)
 SPLIT_MIN = 1 << 22                      # products from which blas_split may take over
 step_loops = [0]                         # scan loops running (see in_step_loop)
+SMALL_PRODUCT = 1 << 16                  # below: OpenBLAS runs it on one thread anyway
 _threads_fns: dict = {}
 # calls running with the count lowered to 1 (here and in blas_split), and the count to restore:
 # a child forked meanwhile has no thread that restores it, and would keep one BLAS thread
@@ -277,7 +279,7 @@ def _numpy_blas_threads():
 
 
 class in_step_loop:
-    """Context of a scan's step loop: small products run on one BLAS thread (see above)."""
+    """Context of a scan's step loop (the linker sends every product in it to gemm_into)."""
 
     def __enter__(self):
         step_loops[0] += 1
@@ -319,28 +321,21 @@ def gemm_into(a, b, alpha, beta, c) -> bool:
     ldc = max(1, n if m == 1 else c.strides[0] // item)
     args = (_ROW_MAJOR, va[0], vb[0], m, n, k, alpha, a.ctypes.data, va[1], b.ctypes.data,
             vb[1], beta, c.ctypes.data, ldc)
-    if not step_loops[0] and m * n * k >= SPLIT_MIN:
-        # large products outside step loops: split by columns over graphc's own threads
-        # when that has been faster than OpenBLAS's threads (blas_split.py)
-        from .blas_split import split_gemm
-        from .kernel import num_threads
-        if split_gemm(fn, args, _numpy_blas_threads(), num_threads()):
-            return True
-    threads = _numpy_blas_threads() if step_loops[0] and m * n * k <= SMALL_PRODUCT else None
-    if threads is None:
-        fn(*args)
-        return True
-    get, put = threads
-    before = get()
-    if before <= 1:
-        fn(*args)
-        return True
-    lowered[0] += 1
-    lowered[1] = before
-    put(1)
+    threads = _numpy_blas_threads()
+    before = threads[0]() if threads is not None else 1
+    if before > 1:                  # one OpenBLAS thread (see above)
+        lowered[0] += 1             # a child forked meanwhile restores the count
+        lowered[1] = before
+        threads[1](1)
     try:
+        if m * n * k >= SPLIT_MIN:
+            from .blas_split import split_gemm
+            from .kernel import num_threads
+            if split_gemm(fn, args, num_threads()):
+                return True
         fn(*args)
     finally:
-        put(before)
-        lowered[0] -= 1
+        if before > 1:
+            threads[1](before)
+            lowered[0] -= 1
     return True

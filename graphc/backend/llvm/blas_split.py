@@ -10,8 +10,11 @@ Here C = alpha * A @ B + beta * C is cut into column slices (multiples of 16 col
 the caller and the spin pool's workers claim one by one (graphc/backend/llvm/spinpool.py),
 each one call of numpy's own CBLAS gemm on one OpenBLAS thread. A worker that gets no core
 leaves its slices to the others, so a loaded machine costs about the one-thread time, and
-an idle one gets both cores. Each product shape times this against OpenBLAS's own threads
-now and then and uses the faster (spinpool.TwoWays).
+an idle one gets both cores, and OpenBLAS's own threads never run (see blas.py: they
+busy-wait after a call). Each product shape times the split against one call now and then
+and uses the faster (spinpool.TwoWays): 3.8 / 3.8 / 6.6 ms against 8.4 / 6.2 / 11.6 ms for
+the LSTM step's three large products (1600x128 @ 128x1024, and the weight gradients
+128x1600 @ 1600x1024 and 256x1600 @ 1600x1024), idle machine.
 
     gemm_slice(d, s)
         d = int64 [cblas gemm, slices, order, transA, transB, M, N, K, alpha (double bits),
@@ -28,17 +31,11 @@ from time import perf_counter
 import numpy as np
 
 from . import jit
-from .blas import lowered
 from .spinpool import TwoWays, get_pool, prefetch, ready, usable
 
 UNIT = 16                   # columns per slice boundary (whole vectors for the kernels)
 SLICES_PER_THREAD = 2
 MIN_WORK = 1 << 22          # multiply-adds below which OpenBLAS's own call is kept
-# OpenBLAS's workers busy-wait for ~0.1 s after a multithreaded call, taking the core the
-# next kernel's threads need (LeNet step: the conv steps after a dense layer's product ran at
-# median ~21 ms against a best of ~8 ms); the pool's workers spin briefly and yield. So the
-# split is kept unless OpenBLAS's own threads are more than this much faster.
-FAVOUR = 1.15
 _FIELDS = ("fn", "slices", "order", "ta", "tb", "m", "n", "k", "alpha", "a", "lda", "b", "ldb",
            "beta", "c", "ldc", "bstep", "item")
 
@@ -105,13 +102,13 @@ def _slice_fn(real: str, bits: int) -> int:
 _ways: dict = {}            # product signature -> TwoWays
 
 
-def split_gemm(fn, args, threads_fns, threads: int) -> bool:
+def split_gemm(fn, args, threads: int) -> bool:
     """Run ``fn(*args)`` (numpy's CBLAS gemm, row-major arguments as blas.gemm_into builds
-    them) split by columns over the spin pool when that has been the faster way for this
-    signature; False (nothing run) when the caller should make the call itself."""
+    them, called with OpenBLAS on one thread) split by columns over the spin pool when that
+    has been faster than one call for this signature; False (nothing run) when the caller
+    should make the call itself."""
     order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc = args
-    if threads < 2 or threads_fns is None or m * n * k < MIN_WORK or n < 2 * UNIT or \
-            not usable(1):
+    if threads < 2 or m * n * k < MIN_WORK or n < 2 * UNIT or not usable(1):
         return False
     types = getattr(fn, "argtypes", None)
     if not types:                   # not a ctypes function: nothing to call natively
@@ -123,7 +120,7 @@ def split_gemm(fn, args, threads_fns, threads: int) -> bool:
     if ways is None:
         if len(_ways) > 256:
             _ways.clear()
-        ways = _ways[key] = TwoWays(favour=FAVOUR)
+        ways = _ways[key] = TwoWays()
         prefetch(f"gemm-{real}-{bits}", lambda: _slice_fn(real, bits))
     split = ways.split() and ready() and (real, bits) in _slices
     pool = get_pool(threads) if split else None
@@ -137,18 +134,7 @@ def split_gemm(fn, args, threads_fns, threads: int) -> bool:
         d = np.array([ctypes.cast(fn, ctypes.c_void_p).value, slices, order, ta, tb, m, n, k,
                       np.float64(alpha).view(np.int64), a, lda, b, ldb,
                       np.float64(beta).view(np.int64), c, ldc, bstep, item], np.int64)
-        get, put = threads_fns
-        before = get()
-        try:
-            if before > 1:
-                lowered[0] += 1         # a child forked meanwhile restores it (blas.py)
-                lowered[1] = before
-                put(1)
-            ran = pool.run(_slice_fn(real, bits), d.ctypes.data, slices)
-        finally:
-            if before > 1:
-                put(before)
-                lowered[0] -= 1
+        ran = pool.run(_slice_fn(real, bits), d.ctypes.data, slices)
     if not ran:
         fn(*args)
     ways.record(ran, perf_counter() - start)
