@@ -94,8 +94,9 @@ def _slice_fn(real: str, bits: int) -> int:
     if addr is None:
         text = _gemm_slice_ir(real, bits)
         addr = _slices[(real, bits)] = jit.load_function(
-            jit.cache_key("blas-gemm-slice", text),
-            lambda: text.replace("ENTRY_NAME", jit.PLACEHOLDER), title=f"gemm slice {real}")
+            jit.cache_key("blas-gemm-slice", "O1", text),
+            lambda: text.replace("ENTRY_NAME", jit.PLACEHOLDER), title=f"gemm slice {real}",
+            optimize=1)
     return addr
 
 

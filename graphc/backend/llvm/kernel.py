@@ -404,7 +404,7 @@ class Kernel:
                 shift = np.dtype(plan.partials).itemsize if plan.combine is not None else 0
                 plan.split = spinpool.KernelSplit(
                     ctypes.cast(plan.fn, ctypes.c_void_p).value, plan.n0, plan.meta_ptr,
-                    len(strides), k, slices=4 * k, shift=shift)
+                    len(strides), k, slices=4 * k, shift=shift, eager=False)
         elif threads > 1 and mode == "map" and plan.n0 > 1 and \
                 total * self.cost >= SPLIT_MIN_WORK and spinpool.usable(len(strides)):
             # below the thread-pool size but heavy (a scan step's gate math): the native

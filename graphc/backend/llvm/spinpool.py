@@ -259,9 +259,12 @@ _entry = []
 def _functions():
     """(worker, run, stop) ctypes functions of the compiled pool code."""
     if not _entry:
-        key = jit.cache_key("spinpool", _IR)
+        key = jit.cache_key("spinpool", "O1", _IR)
+        # hand-written loops of atomics: -O1 (the optimizer has nothing to add; O3 took
+        # ~37 ms of a cold first call)
         _entry.append(_ENTRY(jit.load_function(
-            key, lambda: _IR.replace("ENTRY_NAME", jit.PLACEHOLDER), title="spin pool")))
+            key, lambda: _IR.replace("ENTRY_NAME", jit.PLACEHOLDER), title="spin pool",
+            optimize=1)))
     entry = _entry[0]
     return _WORKER(entry(0)), _RUN(entry(1)), _STOP(entry(2))
 
@@ -416,8 +419,9 @@ def kernel_slice() -> int:
     if not _slice_addr:
         text = _kernel_slice_ir()
         _slice_addr.append(jit.load_function(
-            jit.cache_key("spinpool-kernel-slice", text),
-            lambda: text.replace("ENTRY_NAME", jit.PLACEHOLDER), title="kernel slice"))
+            jit.cache_key("spinpool-kernel-slice", "O1", text),
+            lambda: text.replace("ENTRY_NAME", jit.PLACEHOLDER), title="kernel slice",
+            optimize=1))
     return _slice_addr[0]
 
 
@@ -431,10 +435,10 @@ class KernelSplit:
     fixed chunk and waits for all). ``shift``: bytes between the partial results of slices
     (full reductions), else 0."""
 
-    __slots__ = ("head", "ways", "threads", "slices", "pad")
+    __slots__ = ("head", "ways", "threads", "slices", "pad", "calls")
 
     def __init__(self, fn_addr: int, n0: int, meta_ptr: int, n_operands: int, threads: int,
-                 slices: int = 0, shift: int = 0):
+                 slices: int = 0, shift: int = 0, eager: bool = True):
         self.threads = threads
         # by default two slices per thread: a late worker leaves whole slices to others
         self.slices = min(n0, slices or 2 * threads)
@@ -443,7 +447,9 @@ class KernelSplit:
         # count: the block is that long, so no load reads past its end
         self.pad = [0] * (MAX_OPERANDS - n_operands)
         self.ways = TwoWays()
-        prefetch()
+        self.calls = 0
+        if eager:           # a scan step's kernel: split from the first loop on
+            prefetch()
 
     def run(self, fn, n0, meta_ptr, args) -> None:
         split = self.ways.split()
@@ -462,7 +468,11 @@ class KernelSplit:
         """All slices on the pool; False (nothing run) when the pool is unavailable or busy
         with another thread's call, or its code is still being loaded (prefetch)."""
         if not ready():
-            prefetch()
+            # a large kernel's first call runs on Python's pool: loading the pool's code
+            # then would compete with it (and on a cold cache with its compile)
+            self.calls += 1
+            if self.calls > 1:
+                prefetch()
             return False
         pool = get_pool(self.threads)
         if pool is None:
