@@ -89,12 +89,16 @@ def _gemm_slice_ir(real: str, bits: int) -> str:
 _slices: dict = {}
 
 
+def _slice_key(real: str, bits: int) -> str:
+    return jit.cache_key("blas-gemm-slice", "O1", _gemm_slice_ir(real, bits))
+
+
 def _slice_fn(real: str, bits: int) -> int:
     addr = _slices.get((real, bits))
     if addr is None:
         text = _gemm_slice_ir(real, bits)
         addr = _slices[(real, bits)] = jit.load_function(
-            jit.cache_key("blas-gemm-slice", "O1", text),
+            _slice_key(real, bits),
             lambda: text.replace("ENTRY_NAME", jit.PLACEHOLDER), title=f"gemm slice {real}",
             optimize=1)
     return addr
@@ -122,7 +126,8 @@ def split_gemm(fn, args, threads: int) -> bool:
         if len(_ways) > 256:
             _ways.clear()
         ways = _ways[key] = TwoWays()
-        prefetch(f"gemm-{real}-{bits}", lambda: _slice_fn(real, bits))
+        prefetch(f"gemm-{real}-{bits}", lambda: _slice_fn(real, bits),
+                 keys=(_slice_key(real, bits),))
     split = ways.split() and ready() and (real, bits) in _slices
     pool = get_pool(threads) if split else None
     start = perf_counter()

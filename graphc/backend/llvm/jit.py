@@ -372,6 +372,11 @@ def _so_path(key: str) -> str:
     return os.path.join(compiledir(), key + ".so")
 
 
+def linked(key: str) -> bool:
+    """Whether ``key`` has a linked library in the cache (loading it needs no LLVM)."""
+    return os.path.exists(_so_path(key))
+
+
 def _load_shared(key: str, name: str):
     """The address of ``name`` from the linked library of ``key``, or None (no such entry, a
     damaged one, or one that does not load here)."""

@@ -164,20 +164,27 @@ _fns: dict = {}
 _OPT = 1                   # optimizer level of pg_gemm
 
 
+def _slice_key() -> str:
+    return jit.cache_key("packgemm-slice", "O1", _slice_ir())
+
+
+def _gemm_key() -> str:
+    return jit.cache_key("packgemm", str(_OPT), _source_hash())
+
+
 def _load(region: bool):
     """pg_slice's address (``region``), else pg_gemm as a ctypes function."""
     fn = _fns.get(region)
     if fn is None:
         if region:
             text = _slice_ir()
-            fn = jit.load_function(jit.cache_key("packgemm-slice", "O1", text),
+            fn = jit.load_function(_slice_key(),
                                    lambda: text.replace("ENTRY_NAME", jit.PLACEHOLDER),
                                    title="packed gemm slice", optimize=1)
         else:
             # explicit vector code: -O1 keeps the register blocking, at a fraction of O3's
             # compile time
-            key = jit.cache_key("packgemm", str(_OPT), _source_hash())
-            fn = _GEMM_PROTO(jit.load_function(key, packed_gemm_ir, title="packed gemm",
+            fn = _GEMM_PROTO(jit.load_function(_gemm_key(), packed_gemm_ir, title="packed gemm",
                                                optimize=_OPT))
         _fns[region] = fn
     return fn
@@ -201,7 +208,8 @@ class PackedProduct:
 
     def __init__(self):
         self.ways = TwoWays()
-        prefetch("packgemm", lambda: _load(True))
+        prefetch("packgemm", lambda: (_load(True), _load(False)),
+                 keys=(_slice_key(), _gemm_key()))
 
     def __call__(self, a, bp, n, out, threads):
         if not _row_major(a):

@@ -256,10 +256,18 @@ _ENTRY = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
 _entry = []
 
 
+def _pool_key() -> str:
+    return jit.cache_key("spinpool", "O1", _IR)
+
+
+def _slice_key() -> str:
+    return jit.cache_key("spinpool-kernel-slice", "O1", _kernel_slice_ir())
+
+
 def _functions():
     """(worker, run, stop) ctypes functions of the compiled pool code."""
     if not _entry:
-        key = jit.cache_key("spinpool", "O1", _IR)
+        key = _pool_key()
         # hand-written loops of atomics: -O1 (the optimizer has nothing to add; O3 took
         # ~37 ms of a cold first call)
         _entry.append(_ENTRY(jit.load_function(
@@ -272,10 +280,11 @@ def _functions():
 _requested: set = set()
 
 
-def prefetch(name: str = "pool", loader=None) -> None:
-    """Load (on a cold cache: compile) the pool's code, and ``loader`` (another region
-    function, under ``name``), on a background thread, once per name. Plans that may split
-    call this when they are made; until the code is loaded (``ready``) they run on one
+def prefetch(name: str = "pool", loader=None, keys=()) -> None:
+    """Load the pool's code, and ``loader`` (another region function, under ``name``, cached
+    under ``keys``), once per name: at once when all of it is in the cache as linked
+    libraries (a few ms, no LLVM), else on a background thread (a compile). Plans that may
+    split call this when they are made; until the code is loaded (``ready``) they run on one
     thread, so no call waits for a compile it could do without."""
     if name in _requested or not _supported():
         return
@@ -289,6 +298,9 @@ def prefetch(name: str = "pool", loader=None) -> None:
                 loader()
         except Exception:           # a later synchronous load reports it
             pass
+    if all(jit.linked(k) for k in (_pool_key(), _slice_key(), *keys)):
+        load()
+        return
     threading.Thread(target=load, name="graphc-spinpool", daemon=True).start()
 
 
@@ -370,7 +382,7 @@ class TwoWays:
         cost = self.cost
         self.calls += 1
         if not cost[0] or not cost[1]:
-            return bool(cost[0])        # one thread first: the first call compiles no pool
+            return not cost[1]          # the split first (callers split only when ready())
         faster = cost[1] < cost[0] * self.favour
         # the other way is tried less often the slower it was (at most 8x less often)
         every = self.EXPLORE * min(8, max(1, int(max(cost) / min(cost))))
@@ -419,7 +431,7 @@ def kernel_slice() -> int:
     if not _slice_addr:
         text = _kernel_slice_ir()
         _slice_addr.append(jit.load_function(
-            jit.cache_key("spinpool-kernel-slice", "O1", text),
+            _slice_key(),
             lambda: text.replace("ENTRY_NAME", jit.PLACEHOLDER), title="kernel slice",
             optimize=1))
     return _slice_addr[0]
