@@ -13,9 +13,6 @@ slice stays in cache, and channel blocks run on threads.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-
 from llvmlite import ir
 
 from . import jit
@@ -76,18 +73,8 @@ def col2im_ir(dtype: str) -> str:
     return str(mod)
 
 
-_SOURCE_HASH = None
-
-
 def load_col2im(dtype: str) -> int:
     """Address of col2im for float32 or float64."""
-    global _SOURCE_HASH
-    if _SOURCE_HASH is None:
-        h = hashlib.sha256()
-        for name in ("col2im.py", "softmax.py"):        # _loop comes from softmax.py
-            with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name),
-                      "rb") as f:
-                h.update(f.read())
-        _SOURCE_HASH = h.hexdigest()
-    key = jit.cache_key("col2im", dtype, _SOURCE_HASH)
+    # _loop comes from softmax.py
+    key = jit.cache_key("col2im", dtype, jit.source_hash("col2im.py", "softmax.py"))
     return jit.load_function(key, lambda: col2im_ir(dtype), title=f"col2im {dtype}")

@@ -22,9 +22,6 @@ L1 while its kh*kw*oh rows of patches arrive.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-
 from llvmlite import ir
 
 from . import jit
@@ -435,22 +432,14 @@ def direct_gw_ir(dtype: str) -> str:
 # as -O3 and compiled ~4x faster (a cold compile of the four float32 kernels: ~0.4 s
 # against ~1.6 s on a loaded machine).
 OPT_LEVEL = 2
-_SOURCE_HASH = None
 
 
 def load_convblock(kind: str, dtype: str) -> int:
     """Address of ``kind`` ('im2col', 'col2im', 'direct' or 'direct_gw') for float32 or
     float64."""
-    global _SOURCE_HASH
-    if _SOURCE_HASH is None:
-        h = hashlib.sha256()
-        here = os.path.dirname(os.path.abspath(__file__))
-        for name in ("convblock.py", "codegen.py"):         # _loop: codegen.emit_for
-            with open(os.path.join(here, name), "rb") as f:
-                h.update(f.read())
-        _SOURCE_HASH = h.hexdigest()
     make = {"im2col": im2col_ir, "col2im": col2im_ir, "direct": direct_ir,
             "direct_gw": direct_gw_ir}[kind]
-    key = jit.cache_key("convblock", kind, dtype, _SOURCE_HASH)
+    # _loop is codegen.emit_for
+    key = jit.cache_key("convblock", kind, dtype, jit.source_hash("convblock.py", "codegen.py"))
     return jit.load_function(key, lambda: make(dtype), title=f"{kind} block {dtype}",
                              optimize=OPT_LEVEL)

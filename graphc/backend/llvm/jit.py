@@ -223,6 +223,24 @@ def _host():
     return info["cpu"], info["features"], info["llvm"]
 
 
+_source_hashes: dict = {}
+
+
+def source_hash(*names: str) -> str:
+    """sha256 of these files of graphc/backend/llvm/ (read once per process): part of the
+    cache key of code written by hand in them (generic codegen sources are in every key
+    through codegen_version already)."""
+    h = _source_hashes.get(names)
+    if h is None:
+        d = hashlib.sha256()
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in names:
+            with open(os.path.join(here, name), "rb") as f:
+                d.update(f.read())
+        h = _source_hashes[names] = d.hexdigest()
+    return h
+
+
 def cache_key(*parts: str) -> str:
     """The cache key of the code generated from ``parts`` (e.g. repr(spec), repr(variant)) on
     this machine, with this codegen and these versions and flags."""

@@ -19,9 +19,6 @@ shorter than its vector width, such as LeNet's second layer: ow = 4.)
 """
 from __future__ import annotations
 
-import hashlib
-import os
-
 from llvmlite import ir
 
 from . import jit
@@ -120,19 +117,10 @@ def _build(dtype: str, grad: bool) -> str:
     return str(mod)
 
 
-_SOURCE_HASH = None
-
-
 def load_maxpool2x2(dtype: str, grad: bool = False) -> int:
     """Address of maxpool2x2 (or its gradient) for float32 or float64."""
-    global _SOURCE_HASH
-    if _SOURCE_HASH is None:
-        h = hashlib.sha256()
-        here = os.path.dirname(os.path.abspath(__file__))
-        for name in ("maxpool.py", "softmax.py"):        # _loop comes from softmax.py
-            with open(os.path.join(here, name), "rb") as f:
-                h.update(f.read())
-        _SOURCE_HASH = h.hexdigest()
-    key = jit.cache_key("maxpool2x2", dtype, str(grad), _SOURCE_HASH)
+    # _loop comes from softmax.py
+    key = jit.cache_key("maxpool2x2", dtype, str(grad),
+                        jit.source_hash("maxpool.py", "softmax.py"))
     return jit.load_function(key, lambda: _build(dtype, grad),
                              title=f"maxpool2x2 {dtype} grad={grad}")

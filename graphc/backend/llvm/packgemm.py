@@ -31,8 +31,6 @@ BLAS's only by rounding order.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
 from time import perf_counter
 
 import numpy as np
@@ -146,17 +144,6 @@ def packed_gemm_ir() -> str:
     return str(mod)
 
 
-_SOURCE_HASH = None
-
-
-def _source_hash() -> str:
-    global _SOURCE_HASH
-    if _SOURCE_HASH is None:
-        with open(os.path.abspath(__file__), "rb") as f:
-            _SOURCE_HASH = hashlib.sha256(f.read()).hexdigest()
-    return _SOURCE_HASH
-
-
 _GEMM_PROTO = ctypes.CFUNCTYPE(None, *([ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int64,
                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                        ctypes.c_int64]))
@@ -169,7 +156,7 @@ def _slice_key() -> str:
 
 
 def _gemm_key() -> str:
-    return jit.cache_key("packgemm", str(_OPT), _source_hash())
+    return jit.cache_key("packgemm", str(_OPT), jit.source_hash("packgemm.py"))
 
 
 def _load(region: bool):

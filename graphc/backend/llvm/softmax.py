@@ -25,9 +25,6 @@ reference's e / sum (times d) by at most one rounding (two).
 """
 from __future__ import annotations
 
-import hashlib
-import os
-
 from llvmlite import ir
 
 from . import jit
@@ -208,24 +205,11 @@ def softmax_rows_ir(bias: bool, grad: bool, label_bits: int, pyobj: bool) -> str
     return str(mod)
 
 
-_SOURCE_HASH = None
-
-
-def _source_hash() -> str:
-    """This file's text, part of the cache key (the generic codegen sources are in every key
-    through jit.cache_key already)."""
-    global _SOURCE_HASH
-    if _SOURCE_HASH is None:
-        with open(os.path.abspath(__file__), "rb") as f:
-            _SOURCE_HASH = hashlib.sha256(f.read()).hexdigest()
-    return _SOURCE_HASH
-
-
 def load_softmax_rows(bias: bool, grad: bool, label_bits: int = 64, pyobj: bool = False) -> int:
     """Address of softmax_rows: with or without the bias operand, writing the softmax or
     (grad) the gradient of the nll, for int32 or int64 labels, taking data pointers or
     (pyobj) ndarray object addresses."""
     key = jit.cache_key("rowsoftmax-nll", str(bias), str(grad), str(label_bits), str(pyobj),
-                        _source_hash())
+                        jit.source_hash("softmax.py"))
     return jit.load_function(key, lambda: softmax_rows_ir(bias, grad, label_bits, pyobj),
                              title=f"softmax_rows bias={bias} grad={grad}")
