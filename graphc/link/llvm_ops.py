@@ -70,8 +70,11 @@ def _xent_inputs(node, ins, outs):
     return vals
 
 
-def _xent_step(node, ins, outs, reuse):
-    op: SoftmaxCrossentropy = node.op
+def _xent_forward_step(node, ins, outs, reuse, second):
+    """The step of SoftmaxCrossentropy(WithGrad): float32 the row kernel (_xent_rows_step);
+    float64 the kernels of _Exps, then ``second(vals, total, e, exps, bufs)`` -> (the values
+    the nll is computed from, the second output)."""
+    op = node.op
     dt = node.outputs[0].dtype
     if dt not in _FLOATS or node.inputs[0].dtype != dt:
         return None
@@ -79,17 +82,26 @@ def _xent_step(node, ins, outs, reuse):
         return _xent_rows_step(node, ins, outs, reuse)
     exps = _Exps(dt, op.has_bias)
     bufs = _Buffers(2, reuse)
-    k_div = exps.k_div
 
     def step():
         vals = _xent_inputs(node, ins, outs)
         if vals is None:
             return
         m, total, e = exps(vals)
-        sm = bufs.get(1, e.shape, exps.dtype)
-        k_div([e, total[:, None]], [sm])
-        outs[0][0], outs[1][0] = _nll(op, vals, m, total, bufs), sm
+        nll_vals, second_out = second(vals, total, e, exps, bufs)
+        outs[0][0], outs[1][0] = _nll(op, nll_vals, m, total, bufs), second_out
     return step
+
+
+def _softmax_out(vals, total, e, exps, bufs):
+    """SoftmaxCrossentropy's second output: the softmax e / total (the fourth kernel)."""
+    sm = bufs.get(1, e.shape, exps.dtype)
+    exps.k_div([e, total[:, None]], [sm])
+    return vals, sm
+
+
+def _xent_step(node, ins, outs, reuse):
+    return _xent_forward_step(node, ins, outs, reuse, _softmax_out)
 
 
 class _Exps:
@@ -245,31 +257,22 @@ def _xent_grad_step(node, ins, outs, reuse):
     return step
 
 
+def _grad_out(vals, total, e, exps, bufs):
+    """SoftmaxCrossentropyWithGrad's second output: dx = e * (dnll / total), minus dnll at
+    each row's label (its inputs end with the labels and dnll, which the nll does not read)."""
+    dnll, y = vals[-1], vals[-2]
+    dx = bufs.get(1, e.shape, exps.dtype)
+    with np.errstate(invalid="ignore"):     # inf / inf in a row of non-finite logits
+        np.multiply(e, (dnll / total)[:, None], out=dx)
+    dx[np.arange(e.shape[0]), y] -= dnll
+    return vals[:-1], dx
+
+
 def _xent_with_grad_step(node, ins, outs, reuse):
     """SoftmaxCrossentropyWithGrad: float32 runs the row kernel writing dx instead of the
     softmax (the softmax row is made once, in cache); float64 the kernels of _Exps, then
-    dx = e * (dnll / sum) in numpy and the n label entries."""
-    op: SoftmaxCrossentropyWithGrad = node.op
-    dt = node.outputs[0].dtype
-    if dt not in _FLOATS or node.inputs[0].dtype != dt:
-        return None
-    if dt == "float32":
-        return _xent_rows_step(node, ins, outs, reuse)
-    exps = _Exps(dt, op.has_bias)
-    bufs = _Buffers(2, reuse)
-
-    def step():
-        vals = _xent_inputs(node, ins, outs)
-        if vals is None:
-            return
-        m, total, e = exps(vals)
-        dnll, y = vals[-1], vals[-2]
-        dx = bufs.get(1, e.shape, exps.dtype)
-        with np.errstate(invalid="ignore"):     # inf / inf in a row of non-finite logits
-            np.multiply(e, (dnll / total)[:, None], out=dx)
-        dx[np.arange(e.shape[0]), y] -= dnll
-        outs[0][0], outs[1][0] = _nll(op, vals[:-1], m, total, bufs), dx
-    return step
+    dx in numpy (_grad_out)."""
+    return _xent_forward_step(node, ins, outs, reuse, _grad_out)
 
 
 # elements from which a memory-bound pass (a conv's layout copy, 2x2 pooling) is split
