@@ -267,7 +267,7 @@ class _Blocked:
     def run(self, g, body):
         """body(slot, b0, n) for every block of images, the blocks handed out one at a time
         to g.threads threads (a thread slowed by another process takes fewer of them)."""
-        from graphc.backend.llvm.blas import _numpy_blas_threads
+        from graphc.backend.llvm.blas import one_blas_thread
         while len(self.scratch) < g.threads:
             self.scratch.append({})
         counter = iter(range(-(-g.B // g.nb)))      # next() on it is atomic under the GIL
@@ -278,11 +278,7 @@ class _Blocked:
 
         # one BLAS thread per product: a block's product is too small to split (OpenBLAS
         # would put it on both cores, each then waiting for the other's half)
-        fns = _numpy_blas_threads()
-        before = fns[0]() if fns is not None else 1
-        if before > 1:
-            fns[1](1)
-        try:
+        with one_blas_thread():
             if g.threads == 1:
                 worker(0)
                 return
@@ -294,9 +290,6 @@ class _Blocked:
             finally:
                 for f in futures:
                     f.result()
-        finally:
-            if before > 1:
-                fns[1](before)
 
     # ---- the pieces of a block
     def _source(self, slot, g, img, img_addr, b0, n):

@@ -375,7 +375,7 @@ def test_child_forked_during_a_one_blas_thread_product_restores_the_count():
         pytest.skip("needs numpy's OpenBLAS with several threads")
     get, put = fns
     before = get()
-    blas.lowered[0] += 1                    # what gemm_into / split_gemm do around the call
+    blas.lowered[0] += 1                    # what blas.one_blas_thread does around a call
     blas.lowered[1] = before
     put(1)
     try:

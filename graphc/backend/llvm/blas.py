@@ -236,7 +236,7 @@ SPLIT_MIN = 1 << 22                      # products from which blas_split may ta
 step_loops = [0]                         # scan loops running (see in_step_loop)
 SMALL_PRODUCT = 1 << 16                  # below: OpenBLAS runs it on one thread anyway
 _threads_fns: dict = {}
-# calls running with the count lowered to 1 (here and in blas_split), and the count to restore:
+# calls running with the count lowered to 1 (one_blas_thread), and the count to restore:
 # a child forked meanwhile has no thread that restores it, and would keep one BLAS thread
 lowered = [0, 1]
 
@@ -276,6 +276,26 @@ def _numpy_blas_threads():
             break
     _threads_fns["fns"] = found
     return found
+
+
+class one_blas_thread:
+    """Context: numpy's OpenBLAS on one thread (see above), its count restored after, also
+    in a child forked meanwhile (``lowered``)."""
+
+    __slots__ = ("before",)
+
+    def __enter__(self):
+        threads = _numpy_blas_threads()
+        self.before = before = threads[0]() if threads is not None else 1
+        if before > 1:
+            lowered[0] += 1
+            lowered[1] = before
+            threads[1](1)
+
+    def __exit__(self, *exc):
+        if self.before > 1:
+            _threads_fns["fns"][1](self.before)
+            lowered[0] -= 1
 
 
 class in_step_loop:
@@ -321,21 +341,11 @@ def gemm_into(a, b, alpha, beta, c) -> bool:
     ldc = max(1, n if m == 1 else c.strides[0] // item)
     args = (_ROW_MAJOR, va[0], vb[0], m, n, k, alpha, a.ctypes.data, va[1], b.ctypes.data,
             vb[1], beta, c.ctypes.data, ldc)
-    threads = _numpy_blas_threads()
-    before = threads[0]() if threads is not None else 1
-    if before > 1:                  # one OpenBLAS thread (see above)
-        lowered[0] += 1             # a child forked meanwhile restores the count
-        lowered[1] = before
-        threads[1](1)
-    try:
+    with one_blas_thread():
         if m * n * k >= SPLIT_MIN:
             from .blas_split import split_gemm
             from .kernel import num_threads
             if split_gemm(fn, args, num_threads()):
                 return True
         fn(*args)
-    finally:
-        if before > 1:
-            threads[1](before)
-            lowered[0] -= 1
     return True
