@@ -178,7 +178,10 @@ def _load(region: bool):
 
 
 def _gemm_address() -> int:
-    return ctypes.cast(_load(False), ctypes.c_void_p).value
+    addr = _fns.get("address")
+    if addr is None:
+        addr = _fns["address"] = ctypes.cast(_load(False), ctypes.c_void_p).value
+    return addr
 
 
 def _row_major(a):

@@ -367,23 +367,20 @@ class TwoWays:
     EXPLORE-th call (up to 8x less often when the other way was that much slower) runs the
     other way, so a change of load is noticed within a few calls."""
 
-    __slots__ = ("cost", "calls", "favour")
+    __slots__ = ("cost", "calls")
     EXPLORE = 16
     SMOOTH = 0.3            # weight of the newest time in the average
 
-    def __init__(self, favour: float = 1.0):
+    def __init__(self):
         self.cost = [0.0, 0.0]          # seconds per call: one thread, split
         self.calls = 0
-        # the split wins while its time is under ``favour`` times the other's (> 1 when the
-        # other way costs what the timing does not see, see blas_split)
-        self.favour = favour
 
     def split(self) -> bool:
         cost = self.cost
         self.calls += 1
         if not cost[0] or not cost[1]:
             return not cost[1]          # the split first (callers split only when ready())
-        faster = cost[1] < cost[0] * self.favour
+        faster = cost[1] < cost[0]
         # the other way is tried less often the slower it was (at most 8x less often)
         every = self.EXPLORE * min(8, max(1, int(max(cost) / min(cost))))
         return not faster if self.calls % every == 0 else faster
