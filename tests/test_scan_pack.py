@@ -81,8 +81,7 @@ def _product(m, k, n, trans, split, threads=2, seed=0):
     w = _f32(rng.standard_normal((n, k) if trans else (k, n)))
     out = np.full((m, n), np.nan, np.float32)
     pp = PackedProduct()
-    pp.ways.cost = [2.0, 1.0] if split else [1.0, 2.0]     # force the way under test
-    pp.ways.calls = 1
+    pp.ways.force(split)                  # the way under test
     pp(a, pack_weights(w, trans), n, out, threads)
     ref = a.astype(np.float64) @ (w.T if trans else w).astype(np.float64)
     return out, ref

@@ -125,8 +125,7 @@ def test_spin_pool_concurrent_callers():
 
     def work():
         pp = PackedProduct()
-        pp.ways.cost = [2.0, 1.0]           # always try the split
-        pp.ways.calls = 1
+        pp.ways.force(True)                 # always try the split
         out = np.empty((32, 256), np.float32)
         for _ in range(300):
             out[...] = np.nan
@@ -175,3 +174,24 @@ def test_split_gemm_matches_numpy(dtype, ta, tb):
     from graphc.backend.llvm.spinpool import usable
     if num_threads() > 1 and usable(1) and blas._numpy_blas_threads() is not None:
         assert all(w.cost[0] > 0 and w.cost[1] > 0 for w in blas_split._ways.values())
+
+
+def test_two_ways_warm_up_then_faster_way():
+    """Each way is sampled WARM times, alternating, the split first; a slow first sample
+    (cold caches) does not decide, and later the faster way runs except for explorations."""
+    from graphc.backend.llvm.spinpool import TwoWays
+    w = TwoWays()
+    times = {True: [9.0, 1.0], False: [2.0, 2.0]}     # the split's first call is slow
+    order = []
+    for _ in range(2 * TwoWays.WARM):
+        way = w.split()
+        order.append(way)
+        w.record(way, times[way].pop(0))
+    assert order == [True, False, True, False]
+    assert w.cost == [2.0, 1.0]
+    runs = [w.split() for _ in range(TwoWays.EXPLORE * 2 - 1)]
+    assert runs.count(True) >= len(runs) - 1 and runs.count(False) <= 1
+    # a way that becomes slower is left after its average passes the other's
+    for _ in range(20):
+        w.record(True, 5.0)
+    assert w.split() is False or w.calls % (TwoWays.EXPLORE * 2) == 0

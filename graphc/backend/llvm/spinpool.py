@@ -365,21 +365,30 @@ class TwoWays:
     took ~60% of the one-thread time; with more runnable threads than cores a split waits for
     a worker sharing its caller's core and took up to 2-3x as long (load 2.5-3). Every
     EXPLORE-th call (up to 8x less often when the other way was that much slower) runs the
-    other way, so a change of load is noticed within a few calls."""
+    other way, so a change of load is noticed within a few calls.
 
-    __slots__ = ("cost", "calls")
+    The first WARM calls of each way alternate (the split first) and each way starts from
+    its best warm-up time: a first call pays for fresh buffers and cold caches, and a
+    one-time slow sample would otherwise keep the other way for up to 8 * EXPLORE calls,
+    longer than a whole benchmark of a large product (~13 calls)."""
+
+    __slots__ = ("cost", "calls", "seen")
     EXPLORE = 16
     SMOOTH = 0.3            # weight of the newest time in the average
+    WARM = 2                # samples of each way before the averages decide
 
     def __init__(self):
         self.cost = [0.0, 0.0]          # seconds per call: one thread, split
         self.calls = 0
+        self.seen = [0, 0]              # samples of each way so far
 
     def split(self) -> bool:
-        cost = self.cost
         self.calls += 1
-        if not cost[0] or not cost[1]:
-            return not cost[1]          # the split first (callers split only when ready())
+        seen = self.seen
+        if seen[0] < self.WARM or seen[1] < self.WARM:
+            # warm-up: the split first (callers split only when ready()), then alternate
+            return seen[1] <= seen[0]
+        cost = self.cost
         faster = cost[1] < cost[0]
         # the other way is tried less often the slower it was (at most 8x less often)
         every = self.EXPLORE * min(8, max(1, int(max(cost) / min(cost))))
@@ -387,8 +396,19 @@ class TwoWays:
 
     def record(self, split: bool, seconds: float) -> None:
         i = int(split)
+        n = self.seen[i]
+        self.seen[i] = n + 1
         c = self.cost[i]
-        self.cost[i] = seconds if not c else c + self.SMOOTH * (seconds - c)
+        if n < self.WARM:
+            self.cost[i] = seconds if not n else min(c, seconds)
+        else:
+            self.cost[i] = c + self.SMOOTH * (seconds - c)
+
+    def force(self, split: bool) -> None:
+        """Run the given way from now on, until the other is explored (tests)."""
+        self.cost = [2.0, 1.0] if split else [1.0, 2.0]
+        self.seen = [self.WARM, self.WARM]
+        self.calls = 1
 
 
 MAX_OPERANDS = 16          # as pycall.MAX_OPERANDS: more run on one thread
