@@ -46,10 +46,18 @@ def normalize_dtype(dtype) -> str:
         return config.floatX
     if isinstance(dtype, str) and dtype in ALL_DTYPES:
         return dtype            # the common case, without numpy's slow dtype names
-    d = str(np.dtype(dtype))
-    if d not in ALL_DTYPES:
-        raise TypeError(f"graphc does not support dtype {d!r}; supported: {ALL_DTYPES}")
+    d = _dtype_names.get(dtype) if isinstance(dtype, np.dtype) else None
+    if d is None:
+        d = str(np.dtype(dtype))
+        if d not in ALL_DTYPES:
+            raise TypeError(f"graphc does not support dtype {d!r}; supported: {ALL_DTYPES}")
+        if isinstance(dtype, np.dtype) and dtype.isbuiltin == 1 and len(_dtype_names) < 64:
+            _dtype_names[dtype] = d         # numpy's own dtypes (arrays' .dtype): memoized
     return d
+
+
+_dtype_names: dict = {}
+_np_dtypes: dict = {}
 
 
 class TensorType(Type):
@@ -66,7 +74,10 @@ class TensorType(Type):
         # derived, cached: read on every call of the reference backend
         self.broadcastable: Tuple[bool, ...] = tuple(s == 1 for s in self.shape)
         self.ndim = len(self.shape)
-        self.numpy_dtype = np.dtype(self.dtype)
+        dt = _np_dtypes.get(self.dtype)
+        if dt is None:
+            dt = _np_dtypes[self.dtype] = np.dtype(self.dtype)
+        self.numpy_dtype = dt
 
     def clone(self, dtype=None, shape=None, broadcastable=None):
         if shape is None and broadcastable is not None:
