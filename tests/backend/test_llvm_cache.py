@@ -252,6 +252,8 @@ k = gl.Kernel(spec)
 k([x], [out])
 (plan,) = k._plans.values()
 k([np.arange(7.0)], [np.empty(7)])          # another small plan: no second thread
+pycall._method_def()                        # the trampoline loaded: the next call makes
+k([x], [out])                               # the plan's builtin (calls meanwhile: ctypes)
 print(json.dumps({"ok": out.tolist() == (x * 2.5).tolist(), "started": started,
                   "native": plan.native is not None and plan.native(x, out) is out,
                   "compiled": compiled, "available": pycall.AVAILABLE and gl.kernel.PYOBJ,
@@ -262,8 +264,9 @@ print(json.dumps({"ok": out.tolist() == (x * 2.5).tolist(), "started": started,
 
 def test_trampoline_is_prefetched_and_unoptimized(tmp_path):
     """The first small plan of a process starts loading the call trampoline (pycall.py) on a
-    thread while its kernel compiles; the trampoline is compiled without the optimizer, under
-    a key that says so. (A fresh process: the trampoline is made once per process.)"""
+    thread while its kernel compiles, and runs through ctypes until it is loaded; the
+    trampoline is compiled without the optimizer, under a key that says so. (A fresh
+    process: the trampoline is made once per process.)"""
     env = dict(os.environ, GRAPHC_COMPILEDIR=str(tmp_path),
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", _PREFETCH_CHILD], env=env, text=True,

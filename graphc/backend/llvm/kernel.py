@@ -136,7 +136,7 @@ class Plan:
     """Everything needed to run one kernel on arrays of one signature."""
 
     __slots__ = ("fn", "meta", "meta_ptr", "n0", "chunks", "partials", "empty", "fill",
-                 "prefill", "combine", "kernel", "simple", "native", "split")
+                 "prefill", "combine", "kernel", "simple", "native", "split", "pending")
 
     def run(self, inputs, outputs):
         if self.empty:
@@ -250,6 +250,9 @@ class Kernel:
             native = plan.native
             if native is None or native(*inputs, *outputs) is not outputs[-1]:
                 plan.fn(0, plan.n0, 0, plan.meta_ptr, *map(id, inputs), *map(id, outputs))
+                if plan.pending is not None and not pycall.loading():
+                    plan.native = pycall.builtin_call(*plan.pending)
+                    plan.pending = None
         else:
             plan.run(inputs, outputs)
 
@@ -345,7 +348,7 @@ class Kernel:
         plan.kernel = self
         plan.chunks = plan.combine = plan.fill = plan.prefill = plan.split = None
         plan.simple = False
-        plan.native = None
+        plan.native = plan.pending = None
         plan.empty = any(n == 0 for n in shape)
         if plan.empty:
             if spec.reduce is not None and outputs[0].size:   # numpy: sum([]) == 0.0
@@ -416,9 +419,14 @@ class Kernel:
         if plan.simple and total < parallel_min():
             # small loops skip ctypes: a builtin that checks the signature and runs the
             # kernel with the GIL held (see pycall.py); large ones release the GIL
-            plan.native = pycall.builtin_call(
-                ctypes.cast(plan.fn, ctypes.c_void_p).value, plan.n0, plan.meta,
-                inputs, outputs, self.in_np + self.out_np)
+            args = (ctypes.cast(plan.fn, ctypes.c_void_p).value, plan.n0, plan.meta,
+                    list(inputs), list(outputs), self.in_np + self.out_np)
+            if pycall.loading():
+                # the builtin's code is still being compiled (a cold cache): run through
+                # ctypes until it is there rather than wait for it in a first call
+                plan.pending = args
+            else:
+                plan.native = pycall.builtin_call(*args)
         if len(self._plans) > 512:                  # signatures churn: start over
             self._plans.clear()
         self._plans[key] = plan

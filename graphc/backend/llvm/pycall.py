@@ -250,6 +250,11 @@ def prefetch() -> None:
     threading.Thread(target=_load_quietly, name="graphc-pycall", daemon=True).start()
 
 
+def loading() -> bool:
+    """Is prefetch()'s thread still loading (on a cold cache: compiling) the trampoline?"""
+    return _prefetching and _method is None
+
+
 def builtin_call(fn_addr: int, n0: int, meta: np.ndarray, inputs, outputs, dtypes):
     """A builtin ``call(*inputs, *outputs)`` that runs ``fn(0, n0, 0, meta, *arrays)`` with
     the GIL held and returns the last array when the arrays have the signature of ``inputs``
