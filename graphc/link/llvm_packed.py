@@ -1,5 +1,5 @@
-"""Native steps for graphc.tensor.packed: PackedDot through the packed-panel kernel of
-graphc/backend/llvm/packgemm.py, into a kept output buffer, on the kernel threads
+"""Native steps for graphc.tensor.packed: PackedDot (with its addends) through the
+packed-panel kernel of graphc/backend/llvm/packgemm.py, into a kept output buffer, on the kernel threads
 (graphc.backend.llvm.kernel.num_threads). PackWeights runs its numpy ``perform`` (once per
 loop, outside it)."""
 from __future__ import annotations
@@ -21,16 +21,20 @@ def _packed_dot_step(node, ins, outs, reuse):
     out = outs[0]
     threads = num_threads()
 
+    extra = ins[3:]                      # the addends' cells
+
     def step():
         a, w, wp = ins[0][0], ins[1][0], ins[2][0]
+        addends = [e[0] for e in extra]
         if a.dtype != f32 or w.dtype != f32 or wp.dtype != f32 or a.ndim != 2 or \
-                not wp.flags.c_contiguous:
-            op.perform(node, [a, w, wp], outs)
+                not wp.flags.c_contiguous or \
+                any(e.dtype != f32 or e.ndim != 2 for e in addends):
+            op.perform(node, [a, w, wp, *addends], outs)
             return
-        op.check(node, a, w, wp)
+        op.check(node, a, w, wp, *addends)
         n = w.shape[0] if trans else w.shape[1]
         c = bufs.get(0, (a.shape[0], n), f32)
-        out[0] = product(a, wp, n, c, threads)
+        out[0] = product(a, wp, n, c, threads, addends)
     return step
 
 

@@ -50,13 +50,14 @@ LANES = 8
 NR = PANEL                 # columns per panel: two vectors
 assert NR == 2 * LANES
 MR = 4                     # rows per register block (8 accumulators; 6 rows ran no faster)
+KB = 256                   # K per block: a 16 KB slice of a panel stays in L1 across the row blocks
 VEC = ir.VectorType(F32, LANES)
-_GEMM_ARGS = [I64, I64, I64, I64, PTR, I64, PTR, PTR, I64, I64]
+_GEMM_ARGS = [I64, I64, I64, I64, PTR, I64, PTR, PTR, I64, I64, PTR, I64, PTR, I64]
 
 
-def _splat(b, v):
-    one = b.insert_element(ir.Constant(VEC, ir.Undefined), v, ir.Constant(I32, 0))
-    return b.shuffle_vector(one, ir.Constant(VEC, ir.Undefined),
+def _splat(b, v, ty=VEC):
+    one = b.insert_element(ir.Constant(ty, ir.Undefined), v, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, ir.Constant(ty, ir.Undefined),
                             ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
 
 
@@ -64,19 +65,40 @@ def _c(v):
     return ir.Constant(I64, v)
 
 
-def _gemm_function(mod, name):
+def _gemm_function(mod, name, kb):
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), _GEMM_ARGS), name=name)
-    p0, p1, m, k, a, lda, bp, c, ldc, n = fn.args
+    p0, p1, m, k, a, lda, bp, c, ldc, n, e1, ld1, e2, ld2 = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     fma = ir.Function(mod, ir.FunctionType(VEC, [VEC] * 3), name="llvm.fma.v8f32")
     mask_ty = ir.VectorType(ir.IntType(1), LANES)
     mstore = ir.Function(mod, ir.FunctionType(ir.VoidType(), [VEC, PTR, I32, mask_ty]),
                          name="llvm.masked.store.v8f32.p0")
+    mload = ir.Function(mod, ir.FunctionType(VEC, [PTR, I32, mask_ty, VEC]),
+                        name="llvm.masked.load.v8f32.p0")
     zero = ir.Constant(VEC, [0.0] * LANES)
-    lanes = ir.Constant(ir.VectorType(I64, LANES), list(range(LANES)))
+    lanes = ir.Constant(ir.VectorType(I32, LANES), list(range(LANES)))
+    null = ir.Constant(PTR, None)
+    has = [b.icmp_unsigned("!=", e1, null), b.icmp_unsigned("!=", e2, null)]
 
-    def block(p, bpan, i0):
-        """C[i0:i0+MR, panel p] (rows past M are computed from row M-1 and not stored)."""
+    def plus(cond, vals, ptr, masks):
+        """vals + the 16 floats at ptr (masked to the panel's columns) where ``cond``."""
+        pre = b.block
+        with b.if_then(cond):
+            new = [b.fadd(v, b.call(mload, [b.gep(ptr, [_c(h * LANES)], source_etype=F32),
+                                            ir.Constant(I32, 4), masks[h], zero]))
+                   for h, v in enumerate(vals)]
+            then = b.block
+        out = []
+        for v, w in zip(vals, new):
+            phi = b.phi(VEC)
+            phi.add_incoming(v, pre)
+            phi.add_incoming(w, then)
+            out.append(phi)
+        return out
+
+    def block(bpan, col0, masks, k0, k1, i0):
+        """C[i0:i0+MR, panel] (+)= A[i0:i0+MR, k0:k1] @ panel[k0:k1] (rows past M are
+        computed from row M-1 and not stored); the addends join after the last K block."""
         last = b.sub(m, _c(1))
         rows = [b.select(b.icmp_signed("<", b.add(i0, _c(r)), m), b.add(i0, _c(r)), last)
                 for r in range(MR)]
@@ -91,28 +113,39 @@ def _gemm_function(mod, name):
                 x = _splat(b, b.load(b.gep(a_rows[r], [kk], source_etype=F32), typ=F32))
                 out += [b.call(fma, [x, b0, accs[2 * r]]), b.call(fma, [x, b1, accs[2 * r + 1]])]
             return out
-        accs = emit_for(b, _c(0), k, _c(1), [zero] * (2 * MR), kstep)
-        col0 = b.mul(p, _c(NR))
-        cols = b.sub(n, col0)                       # < NR only in the last panel
-        masks = []
-        for h in range(2):
-            left = b.sub(cols, _c(h * LANES))
-            splat_left = b.insert_element(ir.Constant(ir.VectorType(I64, LANES), ir.Undefined),
-                                          left, ir.Constant(I32, 0))
-            splat_left = b.shuffle_vector(splat_left, ir.Constant(ir.VectorType(I64, LANES),
-                                                                  ir.Undefined),
-                                          ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
-            masks.append(b.icmp_signed("<", lanes, splat_left))
+        accs = emit_for(b, k0, k1, _c(1), [zero] * (2 * MR), kstep)
+        later = b.icmp_signed(">", k0, _c(0))
+        final = b.icmp_signed("==", k1, k)
         for r in range(MR):
-            with b.if_then(b.icmp_signed("<", b.add(i0, _c(r)), m)):
-                row = b.gep(c, [b.add(b.mul(b.add(i0, _c(r)), ldc), col0)], source_etype=F32)
+            i = b.add(i0, _c(r))
+            with b.if_then(b.icmp_signed("<", i, m)):
+                row = b.gep(c, [b.add(b.mul(i, ldc), col0)], source_etype=F32)
+                vals = accs[2 * r:2 * r + 2]
+                # the earlier K blocks' sum, then the addends (fadd commutes exactly)
+                vals = plus(later, vals, row, masks)
+                for e, ld, h in ((e1, ld1, has[0]), (e2, ld2, has[1])):
+                    ptr = b.gep(e, [b.add(b.mul(i, ld), col0)], source_etype=F32)
+                    vals = plus(b.and_(final, h), vals, ptr, masks)
                 for h in range(2):
-                    b.call(mstore, [accs[2 * r + h], b.gep(row, [_c(h * LANES)], source_etype=F32),
+                    b.call(mstore, [vals[h], b.gep(row, [_c(h * LANES)], source_etype=F32),
                                     ir.Constant(I32, 4), masks[h]])
 
     def panel(p, _):
         bpan = b.gep(bp, [b.mul(p, b.mul(k, _c(NR)))], source_etype=F32)
-        emit_for(b, _c(0), m, _c(MR), [], lambda i0, _: block(p, bpan, i0) or [])
+        col0 = b.mul(p, _c(NR))
+        # lanes < the panel's columns (< NR only in the last panel); compared as i32 lanes,
+        # one vector compare (i64 lanes took a dozen packing instructions per use)
+        cols = b.trunc(b.sub(n, col0), I32)
+        ivec = ir.VectorType(I32, LANES)
+        masks = [b.icmp_signed("<", lanes, _splat(b, b.sub(cols, ir.Constant(I32, h * LANES)),
+                                                  ivec)) for h in range(2)]
+
+        def kblock(k0, _):
+            k1 = b.select(b.icmp_signed("<", b.add(k0, _c(kb)), k), b.add(k0, _c(kb)), k)
+            emit_for(b, _c(0), m, _c(MR),
+                     [], lambda i0, _: block(bpan, col0, masks, k0, k1, i0) or [])
+            return []
+        emit_for(b, _c(0), k, _c(kb), [], kblock)
         return []
     emit_for(b, p0, p1, _c(1), [], panel)
     b.ret_void()
@@ -121,32 +154,34 @@ def _gemm_function(mod, name):
 
 def _slice_ir() -> str:
     """pg_slice(d, s): slice s of d[0] slices of the d[1] panels, through the pg_gemm whose
-    address is d[10] (the spin pool's region signature)."""
-    fields = ("slices", "panels", "m", "k", "a", "lda", "bp", "c", "ldc", "n", "gemm")
+    address is d[14] (the spin pool's region signature)."""
+    fields = ("slices", "panels", "m", "k", "a", "lda", "bp", "c", "ldc", "n", "e1", "ld1",
+              "e2", "ld2", "gemm")
     lines = ["define void @ENTRY_NAME(ptr %d, i64 %s) {", "entry:"]
     for i, name in enumerate(fields):
         lines += [f"  %p{name} = getelementptr inbounds i64, ptr %d, i64 {i}",
                   f"  %{name} = load i64, ptr %p{name}, align 8"]
+    ptrs = ("a", "bp", "c", "e1", "e2")
     lines += ["  %x0 = mul i64 %s, %panels", "  %lo = sdiv i64 %x0, %slices",
               "  %s1 = add i64 %s, 1", "  %x1 = mul i64 %s1, %panels",
-              "  %hi = sdiv i64 %x1, %slices", "  %f = inttoptr i64 %gemm to ptr",
-              "  %ap = inttoptr i64 %a to ptr", "  %bpp = inttoptr i64 %bp to ptr",
-              "  %cp = inttoptr i64 %c to ptr",
-              "  call void %f(i64 %lo, i64 %hi, i64 %m, i64 %k, ptr %ap, i64 %lda, ptr %bpp, "
-              "ptr %cp, i64 %ldc, i64 %n)", "  ret void", "}"]
+              "  %hi = sdiv i64 %x1, %slices", "  %f = inttoptr i64 %gemm to ptr"]
+    lines += [f"  %{p}p = inttoptr i64 %{p} to ptr" for p in ptrs]
+    lines += ["  call void %f(i64 %lo, i64 %hi, i64 %m, i64 %k, ptr %ap, i64 %lda, ptr %bpp, "
+              "ptr %cp, i64 %ldc, i64 %n, ptr %e1p, i64 %ld1, ptr %e2p, i64 %ld2)",
+              "  ret void", "}"]
     return "\n".join(lines)
 
 
 def packed_gemm_ir() -> str:
     """IR of pg_gemm; the entry point is jit.PLACEHOLDER."""
     mod = ir.Module(name="packgemm")
-    _gemm_function(mod, jit.PLACEHOLDER)
+    _gemm_function(mod, jit.PLACEHOLDER, KB)
     return str(mod)
 
 
 _GEMM_PROTO = ctypes.CFUNCTYPE(None, *([ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int64,
                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                       ctypes.c_int64]))
+                                       ctypes.c_int64] + [ctypes.c_void_p, ctypes.c_int64] * 2))
 _fns: dict = {}
 _OPT = 1                   # optimizer level of pg_gemm
 
@@ -190,8 +225,9 @@ def _row_major(a):
 
 
 class PackedProduct:
-    """``out[...] = a @ B`` for float32 ``a`` (M, K) and B given packed (pack_weights), on
-    one thread or split over ``threads`` (the spin pool), whichever has recently been faster
+    """``out[...] = a @ B (+ e1 (+ e2))`` for float32 ``a`` (M, K), B given packed
+    (pack_weights) and up to two float32 addends of shape (M, N) or (1, N), on one thread or
+    split over ``threads`` (the spin pool), whichever has recently been faster
     (spinpool.TwoWays)."""
 
     MIN_PANELS_PER_THREAD = 4
@@ -201,33 +237,38 @@ class PackedProduct:
         prefetch("packgemm", lambda: (_load(True), _load(False)),
                  keys=(_slice_key(), _gemm_key()))
 
-    def __call__(self, a, bp, n, out, threads):
+    def __call__(self, a, bp, n, out, threads, addends=()):
         if not _row_major(a):
             a = np.ascontiguousarray(a)
         m, k = a.shape
         panels = bp.shape[0]
-        lda = a.strides[0] // 4          # 0 for a broadcast row: every row reads it
-        ldc = max(1, out.strides[0] // 4)
         if m == 0 or n == 0:
             return out
         if k == 0:
             out[...] = 0
+            for e in addends:
+                out += e
             return out
+        lda = a.strides[0] // 4          # 0 for a broadcast row: every row reads it
+        ldc = max(1, out.strides[0] // 4)
+        kept = [e if _row_major(e) else np.ascontiguousarray(e) for e in addends]
+        ext = [0, 0, 0, 0]               # e1, ld1, e2, ld2 (null: no addend)
+        for j, e in enumerate(kept):
+            ext[2 * j] = e.ctypes.data
+            ext[2 * j + 1] = e.strides[0] // 4 if e.shape[0] > 1 else 0
+        args = (m, k, a.ctypes.data, lda, bp.ctypes.data, out.ctypes.data, ldc, n, *ext)
         t = min(threads, panels // self.MIN_PANELS_PER_THREAD)
         if t < 2 or not usable(1):
-            _load(False)(0, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
-                         out.ctypes.data, ldc, n)
+            _load(False)(0, panels, *args)
             return out
         # split only once the pool's code is loaded (prefetched in the background)
         split = self.ways.split() and ready() and True in _fns
         start = perf_counter()
         if split:
             slices = 2 * t          # a late worker leaves whole slices to the others
-            d = np.array((slices, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
-                          out.ctypes.data, ldc, n, _gemm_address()), np.int64)
+            d = np.array((slices, panels, *args, _gemm_address()), np.int64)
             split = get_pool(t).run(_load(True), d.ctypes.data, slices)
         if not split:
-            _load(False)(0, panels, m, k, a.ctypes.data, lda, bp.ctypes.data,
-                         out.ctypes.data, ldc, n)
+            _load(False)(0, panels, *args)
         self.ways.record(split, perf_counter() - start)
         return out
