@@ -50,7 +50,6 @@ LANES = 8
 NR = PANEL                 # columns per panel: two vectors
 assert NR == 2 * LANES
 MR = 4                     # rows per register block (8 accumulators; 6 rows ran no faster)
-KB = 256                   # K per block: a 16 KB slice of a panel stays in L1 across the row blocks
 VEC = ir.VectorType(F32, LANES)
 _GEMM_ARGS = [I64, I64, I64, I64, PTR, I64, PTR, PTR, I64, I64, PTR, I64, PTR, I64]
 
@@ -65,7 +64,7 @@ def _c(v):
     return ir.Constant(I64, v)
 
 
-def _gemm_function(mod, name, kb):
+def _gemm_function(mod, name):
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), _GEMM_ARGS), name=name)
     p0, p1, m, k, a, lda, bp, c, ldc, n, e1, ld1, e2, ld2 = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -96,9 +95,9 @@ def _gemm_function(mod, name, kb):
             out.append(phi)
         return out
 
-    def block(bpan, col0, masks, k0, k1, i0):
-        """C[i0:i0+MR, panel] (+)= A[i0:i0+MR, k0:k1] @ panel[k0:k1] (rows past M are
-        computed from row M-1 and not stored); the addends join after the last K block."""
+    def block(bpan, col0, masks, i0):
+        """C[i0:i0+MR, panel] = A[i0:i0+MR] @ panel (+ e1 + e2), rows past M computed
+        from row M-1 and not stored."""
         last = b.sub(m, _c(1))
         rows = [b.select(b.icmp_signed("<", b.add(i0, _c(r)), m), b.add(i0, _c(r)), last)
                 for r in range(MR)]
@@ -113,19 +112,16 @@ def _gemm_function(mod, name, kb):
                 x = _splat(b, b.load(b.gep(a_rows[r], [kk], source_etype=F32), typ=F32))
                 out += [b.call(fma, [x, b0, accs[2 * r]]), b.call(fma, [x, b1, accs[2 * r + 1]])]
             return out
-        accs = emit_for(b, k0, k1, _c(1), [zero] * (2 * MR), kstep)
-        later = b.icmp_signed(">", k0, _c(0))
-        final = b.icmp_signed("==", k1, k)
+        accs = emit_for(b, _c(0), k, _c(1), [zero] * (2 * MR), kstep)
         for r in range(MR):
             i = b.add(i0, _c(r))
             with b.if_then(b.icmp_signed("<", i, m)):
-                row = b.gep(c, [b.add(b.mul(i, ldc), col0)], source_etype=F32)
+                # the plain sum over k, then the addends in order
                 vals = accs[2 * r:2 * r + 2]
-                # the earlier K blocks' sum, then the addends (fadd commutes exactly)
-                vals = plus(later, vals, row, masks)
                 for e, ld, h in ((e1, ld1, has[0]), (e2, ld2, has[1])):
                     ptr = b.gep(e, [b.add(b.mul(i, ld), col0)], source_etype=F32)
-                    vals = plus(b.and_(final, h), vals, ptr, masks)
+                    vals = plus(h, vals, ptr, masks)
+                row = b.gep(c, [b.add(b.mul(i, ldc), col0)], source_etype=F32)
                 for h in range(2):
                     b.call(mstore, [vals[h], b.gep(row, [_c(h * LANES)], source_etype=F32),
                                     ir.Constant(I32, 4), masks[h]])
@@ -139,13 +135,7 @@ def _gemm_function(mod, name, kb):
         ivec = ir.VectorType(I32, LANES)
         masks = [b.icmp_signed("<", lanes, _splat(b, b.sub(cols, ir.Constant(I32, h * LANES)),
                                                   ivec)) for h in range(2)]
-
-        def kblock(k0, _):
-            k1 = b.select(b.icmp_signed("<", b.add(k0, _c(kb)), k), b.add(k0, _c(kb)), k)
-            emit_for(b, _c(0), m, _c(MR),
-                     [], lambda i0, _: block(bpan, col0, masks, k0, k1, i0) or [])
-            return []
-        emit_for(b, _c(0), k, _c(kb), [], kblock)
+        emit_for(b, _c(0), m, _c(MR), [], lambda i0, _: block(bpan, col0, masks, i0) or [])
         return []
     emit_for(b, p0, p1, _c(1), [], panel)
     b.ret_void()
@@ -175,7 +165,7 @@ def _slice_ir() -> str:
 def packed_gemm_ir() -> str:
     """IR of pg_gemm; the entry point is jit.PLACEHOLDER."""
     mod = ir.Module(name="packgemm")
-    _gemm_function(mod, jit.PLACEHOLDER, KB)
+    _gemm_function(mod, jit.PLACEHOLDER)
     return str(mod)
 
 
