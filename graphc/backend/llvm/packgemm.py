@@ -11,22 +11,30 @@ over panel ranges: ~210-236 us on one thread; split over two threads ~125-155 us
 machine, in-process). The split runs on graphc's native spin pool (spinpool.py): Python's
 thread pool costs a wake-up per call (two threads were slower than one: 317 vs 236 us).
 
-    pg_gemm(p0, p1, M, K, A, lda, Bp, C, ldc, N)
-        C[:, p*16:(p+1)*16] = A @ B[:, p*16:(p+1)*16] for panels p in [p0, p1); A (M, K)
-        with row stride lda and unit column stride, C (M, N) with row stride ldc, Bp the
-        packed B: shape (ceil(N/16), K, 16), zero padded.
+    pg_gemm(p0, p1, M, K, A, lda, Bp, C, ldc, N, E1, ld1, E2, ld2)
+        C[:, cols] = A @ B[:, cols] (+ E1[:, cols]) (+ E2[:, cols]) for the columns
+        cols = p*16:(p+1)*16 of panels p in [p0, p1); A (M, K) with row stride lda and unit
+        column stride, C (M, N) with row stride ldc, Bp the packed B: shape
+        (ceil(N/16), K, 16), zero padded; E1, E2 null (no addend) or (M, N) with unit
+        column stride and row stride ld1, ld2 (0: one row added to every row).
     pg_slice(d, s)
-        the pool's region function: d = int64[11] (slices, panels, M, K, A, lda, Bp, C,
-        ldc, N, address of pg_gemm); slice s gets panels [s * panels // slices,
-        (s + 1) * panels // slices).
+        the pool's region function: d = int64[15] (slices, panels, then pg_gemm's
+        arguments from M on, then the address of pg_gemm); slice s gets panels
+        [s * panels // slices, (s + 1) * panels // slices).
 
 Rows are taken MR at a time; the rows of the last block past M are computed from row M - 1
 and not stored, and the last panel of an N that is not a multiple of 16 is stored through a
 lane mask, so the function has one block body (its compile time: ~0.26 s at -O3 with a
 body per row count and per-column stores, ~0.03 s now).
 
-Each entry is the plain sum over k in order (one fma per term), so results differ from
-BLAS's only by rounding order.
+Each entry is the plain sum over k in order (one fma per term), then the addends in order,
+as a step's ``(x_t @ Wx + h @ Wh) + b`` adds them, so results differ from BLAS's only by
+the rounding order of the product. The addends are read as the sum is stored: the same
+pass over C, without a second kernel (a scan step's separate add cost ~19 us per step).
+
+K is not blocked: 256-deep blocks that keep a slice of a 64 KB panel in L1 (the sum carried
+in C between blocks) ran the backward shape 8-10% slower, on one thread and split (the
+panels stream from L2 at the rate the fmas need them).
 """
 from __future__ import annotations
 
@@ -77,6 +85,8 @@ def _gemm_function(mod, name):
     zero = ir.Constant(VEC, [0.0] * LANES)
     lanes = ir.Constant(ir.VectorType(I32, LANES), list(range(LANES)))
     null = ir.Constant(PTR, None)
+    pref = ir.Function(mod, ir.FunctionType(ir.VoidType(), [PTR, I32, I32, I32]),
+                       name="llvm.prefetch.p0")
     has = [b.icmp_unsigned("!=", e1, null), b.icmp_unsigned("!=", e2, null)]
 
     def plus(cond, vals, ptr, masks):
@@ -102,6 +112,18 @@ def _gemm_function(mod, name):
         rows = [b.select(b.icmp_signed("<", b.add(i0, _c(r)), m), b.add(i0, _c(r)), last)
                 for r in range(MR)]
         a_rows = [b.gep(a, [b.mul(i, lda)], source_etype=F32) for i in rows]
+        # the addends' lines, fetched while the K loop runs: read only after it, each was
+        # a cache miss (rows 4 KB apart, evicted by the panels since) that stalled the
+        # next block's loop: the addends cost +15% of the LSTM's forward product (more
+        # than a separate pass), +3% with this (one thread, in-process)
+        for e, ld, h in ((e1, ld1, has[0]), (e2, ld2, has[1])):
+            with b.if_then(h):
+                for i in rows:
+                    ptr = b.gep(e, [b.add(b.mul(i, ld), col0)], source_etype=F32)
+                    for off in (0, NR - 1):         # the 16 floats may span two lines
+                        b.call(pref, [b.gep(ptr, [_c(off)], source_etype=F32),
+                                      ir.Constant(I32, 0), ir.Constant(I32, 3),
+                                      ir.Constant(I32, 1)])
 
         def kstep(kk, accs):
             bk = b.gep(bpan, [b.mul(kk, _c(NR))], source_etype=F32)
@@ -113,17 +135,21 @@ def _gemm_function(mod, name):
                 out += [b.call(fma, [x, b0, accs[2 * r]]), b.call(fma, [x, b1, accs[2 * r + 1]])]
             return out
         accs = emit_for(b, _c(0), k, _c(1), [zero] * (2 * MR), kstep)
+        # the plain sum over k, then the addends in order (all rows' read before the
+        # first store: no load waits behind a masked store to a line 4 KB away)
+        sums = []
+        for r in range(MR):
+            vals = accs[2 * r:2 * r + 2]
+            for e, ld, h in ((e1, ld1, has[0]), (e2, ld2, has[1])):
+                ptr = b.gep(e, [b.add(b.mul(rows[r], ld), col0)], source_etype=F32)
+                vals = plus(h, vals, ptr, masks)
+            sums.append(vals)
         for r in range(MR):
             i = b.add(i0, _c(r))
             with b.if_then(b.icmp_signed("<", i, m)):
-                # the plain sum over k, then the addends in order
-                vals = accs[2 * r:2 * r + 2]
-                for e, ld, h in ((e1, ld1, has[0]), (e2, ld2, has[1])):
-                    ptr = b.gep(e, [b.add(b.mul(i, ld), col0)], source_etype=F32)
-                    vals = plus(h, vals, ptr, masks)
                 row = b.gep(c, [b.add(b.mul(i, ldc), col0)], source_etype=F32)
                 for h in range(2):
-                    b.call(mstore, [vals[h], b.gep(row, [_c(h * LANES)], source_etype=F32),
+                    b.call(mstore, [sums[r][h], b.gep(row, [_c(h * LANES)], source_etype=F32),
                                     ir.Constant(I32, 4), masks[h]])
 
     def panel(p, _):
