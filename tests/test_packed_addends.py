@@ -194,6 +194,13 @@ def test_rnn_sum_absorbed_any_size(H, batch):
     assert len(pd.inputs) == 5
 
 
+def test_state_is_operand_and_addend():
+    # h = (x_t + h @ W) + h: the previous state is both the product's operand and a term
+    fwd = _rnn(lambda x_t, h, W, b: x_t + T.dot(h, W) + h, 20, 3)
+    (pd,) = _inner(fwd)
+    assert len(pd.inputs) == 5 and pd.inputs[0] is pd.inputs[4]
+
+
 def test_three_terms_keep_one_add():
     # (x_t + h @ W) + b) + x_t: two terms in the kernel, the third stays an add
     fwd = _rnn(lambda x_t, h, W, b: T.tanh(x_t + T.dot(h, W) + b + x_t * 0.5), 20, 3)

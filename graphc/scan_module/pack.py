@@ -73,8 +73,10 @@ def _addable(v, product) -> bool:
 def _terms(node, v, product, room):
     """The other terms of ``node`` if it is a float32 ``add`` of ``v`` (once) with at most
     ``room`` other terms, each addable to ``product``; else None."""
+    out = node.outputs[0]
     if not (isinstance(node.op, Elemwise) and node.op.scalar_op.name == "add") or \
-            node.outputs[0].type != product.type or sum(x is v for x in node.inputs) != 1:
+            out.dtype != "float32" or out.type.broadcastable != product.type.broadcastable \
+            or sum(x is v for x in node.inputs) != 1:
         return None
     others = [x for x in node.inputs if x is not v]
     if len(others) > room or not all(_addable(x, product) for x in others):
@@ -135,7 +137,10 @@ def _pack(fgraph, node) -> bool:
     repl = {}
     for out, a, w, trans in found:
         top, addends = _absorbed_sum(out, clients, set(outputs), inputs)
-        repl[top] = PackedDot(trans)(a, w, packed[(w, trans)], *addends)
+        new = PackedDot(trans)(a, w, packed[(w, trans)], *addends)
+        if new.type != top.type:        # the sum's type must stay (e.g. a state's)
+            top, new = out, PackedDot(trans)(a, w, packed[(w, trans)])
+        repl[top] = new
     new_outs = substitute(outputs, repl)
     new_inner = list(packed.values())
     new_outer = [PackWeights(trans)(outer_of[w]) for (w, trans) in packed]

@@ -110,6 +110,9 @@ class PackedDot(Op):
                 raise shape_error(self, describe([a, w, e]),
                                   f"addend {j} has shape {e.type.shape_str()}, expected "
                                   f"({m}, {n}) or (1, {n})")
+            # a size the addends know and the operands do not (as Elemwise's add infers)
+            m = rows if m is None and not e.type.broadcastable[0] else m
+            n = cols if n is None else n
         return Apply(self, [a, w, wp, *addends],
                      [TensorType("float32", shape=(m, n))()])
 
