@@ -47,7 +47,8 @@ from llvmlite import ir
 from graphc.tensor.packed import PANEL
 
 from . import jit
-from .codegen import emit_for
+from .codegen import DATA_OFFSET, emit_for
+from .kernel import PYOBJ
 from .spinpool import TwoWays, get_pool, prefetch, ready, usable
 
 F32 = ir.FloatType()
@@ -240,16 +241,28 @@ def _row_major(a):
         and a.strides[0] >= 0
 
 
+_word = ctypes.c_void_p.from_address
+
+
+def _data(x) -> int:
+    """x's data pointer, read from the ndarray object where its layout is known
+    (kernel.PYOBJ): x.ctypes.data took ~1-3 us, and a step's product needs three to five."""
+    return _word(id(x) + DATA_OFFSET).value if PYOBJ else x.ctypes.data
+
+
 class PackedProduct:
     """``out[...] = a @ B (+ e1 (+ e2))`` for float32 ``a`` (M, K), B given packed
     (pack_weights) and up to two float32 addends of shape (M, N) or (1, N), on one thread or
     split over ``threads`` (the spin pool), whichever has recently been faster
-    (spinpool.TwoWays)."""
+    (spinpool.TwoWays). Not re-entrant (one region buffer per product, as a compiled
+    function is not)."""
 
     MIN_PANELS_PER_THREAD = 4
 
     def __init__(self):
         self.ways = TwoWays()
+        self.region = (ctypes.c_int64 * 15)()       # pg_slice's d, kept across calls
+        self.region_addr = ctypes.addressof(self.region)
         prefetch("packgemm", lambda: (_load(True), _load(False)),
                  keys=(_slice_key(), _gemm_key()))
 
@@ -267,12 +280,15 @@ class PackedProduct:
             return out
         lda = a.strides[0] // 4          # 0 for a broadcast row: every row reads it
         ldc = max(1, out.strides[0] // 4)
-        kept = [e if _row_major(e) else np.ascontiguousarray(e) for e in addends]
         ext = [0, 0, 0, 0]               # e1, ld1, e2, ld2 (null: no addend)
-        for j, e in enumerate(kept):
-            ext[2 * j] = e.ctypes.data
+        kept = []                        # copies made here live until the kernel ran
+        for j, e in enumerate(addends):
+            if not _row_major(e):
+                e = np.ascontiguousarray(e)
+                kept.append(e)
+            ext[2 * j] = _data(e)
             ext[2 * j + 1] = e.strides[0] // 4 if e.shape[0] > 1 else 0
-        args = (m, k, a.ctypes.data, lda, bp.ctypes.data, out.ctypes.data, ldc, n, *ext)
+        args = (m, k, _data(a), lda, _data(bp), _data(out), ldc, n, *ext)
         t = min(threads, panels // self.MIN_PANELS_PER_THREAD)
         if t < 2 or not usable(1):
             _load(False)(0, panels, *args)
@@ -282,8 +298,8 @@ class PackedProduct:
         start = perf_counter()
         if split:
             slices = 2 * t          # a late worker leaves whole slices to the others
-            d = np.array((slices, panels, *args, _gemm_address()), np.int64)
-            split = get_pool(t).run(_load(True), d.ctypes.data, slices)
+            self.region[:] = (slices, panels, *args, _gemm_address())
+            split = get_pool(t).run(_load(True), self.region_addr, slices)
         if not split:
             _load(False)(0, panels, *args)
         self.ways.record(split, perf_counter() - start)
