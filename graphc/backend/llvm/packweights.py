@@ -29,6 +29,7 @@ from graphc.tensor.packed import PANEL
 
 from . import jit
 from .codegen import emit_for
+from .packgemm import _data
 
 F32 = ir.FloatType()
 I32 = ir.IntType(32)
@@ -201,5 +202,5 @@ def pack_into(w: np.ndarray, trans: bool, out: np.ndarray, fn) -> np.ndarray:
         w = np.ascontiguousarray(w)
     k, n = w.shape[::-1] if trans else w.shape
     if out.size:
-        fn(int(trans), w.ctypes.data, w.strides[0] // 4, k, n, out.ctypes.data)
+        fn(int(trans), _data(w), w.strides[0] // 4, k, n, _data(out))
     return out
