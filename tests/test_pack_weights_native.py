@@ -70,26 +70,54 @@ def test_pack_weights_step_kept_buffer():
 
 
 def test_packer_compiles_in_background(monkeypatch):
-    """On a cold cache the first call packs with numpy while the kernel compiles on another
-    thread; later calls use the kernel."""
+    """On a cold cache the first call packs with numpy and compiles nothing; the second
+    starts the compile on another thread and packs with numpy meanwhile; later calls use
+    the kernel."""
     release = threading.Event()
     real = packweights._load
 
     def slow_load():
         release.wait(5)
         return real()
-    monkeypatch.setattr(packweights, "_state", {"fn": None, "loading": False})
+    monkeypatch.setattr(packweights, "_state", {"fn": None, "status": "new"})
     monkeypatch.setattr(packweights.jit, "linked", lambda key: False)
     monkeypatch.setattr(packweights, "_load", slow_load)
     w = T.matrix("w", dtype="float32")
     f = graphc.function([w], PackWeights()(w), mode=FAST)
     wv = _f32(np.random.default_rng(4).standard_normal((10, 20)))
+    np.testing.assert_array_equal(f(wv), pack_weights(wv, False))       # numpy
+    assert packweights._state["status"] == "new"
     np.testing.assert_array_equal(f(wv), pack_weights(wv, False))       # numpy, meanwhile
-    assert packweights._state["loading"] and packweights.packer() is None
+    assert packweights._state["status"] == "loading" and packweights.packer() is None
     release.set()
     for _ in range(500):
         if packweights._state["fn"] is not None:
             break
         time.sleep(0.01)
-    assert packweights.packer() is not None and not packweights._state["loading"]
+    assert packweights.packer() is not None
     np.testing.assert_array_equal(f(wv), pack_weights(wv, False))
+
+
+def test_packer_failed_compile_keeps_numpy(monkeypatch):
+    """A compile that fails leaves numpy packing for the rest of the process, with no retry
+    per call."""
+    tries = []
+
+    def broken():
+        tries.append(1)
+        raise RuntimeError("no LLVM today")
+    monkeypatch.setattr(packweights, "_state", {"fn": None, "status": "new"})
+    monkeypatch.setattr(packweights.jit, "linked", lambda key: False)
+    monkeypatch.setattr(packweights, "_load", broken)
+    w = T.matrix("w", dtype="float32")
+    f = graphc.function([w], PackWeights(True)(w), mode=FAST)
+    wv = _f32(np.random.default_rng(5).standard_normal((10, 20)))
+    for _ in range(2):
+        np.testing.assert_array_equal(f(wv), pack_weights(wv, True))
+    for _ in range(500):
+        if packweights._state["status"] == "failed":
+            break
+        time.sleep(0.01)
+    for _ in range(3):
+        np.testing.assert_array_equal(f(wv), pack_weights(wv, True))
+    assert packweights._state["status"] == "failed" and tries == [1]

@@ -46,11 +46,13 @@ def _pack_weights_step(node, ins, outs, reuse):
     f32 = np.dtype(np.float32)
     trans = op.trans
     out = outs[0]
+    calls = [0]
 
     def step():
         w = ins[0][0]
-        fn = packer() if w.dtype == f32 and w.ndim == 2 else None
-        if fn is None:                   # being compiled, or not a float32 matrix
+        fn = packer(calls[0] > 0) if w.dtype == f32 and w.ndim == 2 else None
+        calls[0] += 1
+        if fn is None:                   # not compiled (yet), or not a float32 matrix
             op.perform(node, [w], outs)
             return
         k, n = w.shape[::-1] if trans else w.shape

@@ -5,7 +5,8 @@ graphc.tensor.packed.pack_weights lays B = w (or w.T), (K, N), out as ceil(N/16)
 (~0.9 ms for an LSTM's 256x1024 weight, on a fresh zeroed megabyte each call) or a
 gather along w's columns (w.T: ~0.45 ms); here ~0.12-0.15 ms each into a kept buffer
 (in-process, warm W, loaded 2-core machine). Written in LLVM IR with explicit vectors and
-compiled without optimizer passes (~30 ms cold):
+compiled without optimizer passes (~30 ms cold, on a background thread from a step's second
+call; numpy packs until it is loaded):
 
     pw_pack(trans, w, ldw, K, N, out)
         w float32 with unit column stride and row stride ldw: (K, N), or (N, K) with trans;
@@ -152,7 +153,7 @@ def pack_ir() -> str:
 
 _PROTO = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                           ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
-_state = {"fn": None, "loading": False}
+_state = {"fn": None, "status": "new"}        # new, loading, failed (fn set: loaded)
 _lock = threading.Lock()
 
 
@@ -171,26 +172,26 @@ def _load():
 def _background_load():
     try:
         _load()
-    except Exception:           # the numpy path stays; a later process retries
-        pass
-    finally:
-        _state["loading"] = False
+    except Exception:           # numpy packs in this process; a later one retries
+        _state["status"] = "failed"
 
 
-def packer():
-    """pw_pack as a ctypes function, or None while it is being compiled (on a background
-    thread: a cold first call packs with numpy rather than wait for LLVM); loaded at once
-    when this process has it or the cache holds it as a linked library."""
+def packer(compile: bool = True):
+    """pw_pack as a ctypes function, or None (numpy packs meanwhile): loaded at once when
+    this process has it or the cache holds it as a linked library; else, where ``compile``,
+    compiled on a background thread. A step asks with ``compile=False`` on its first call:
+    a cold first call does not spend ~30 ms of LLVM on a pack numpy does in ~1 ms."""
     fn = _state["fn"]
     if fn is not None:
         return fn
     with _lock:
-        if _state["fn"] is None and not _state["loading"]:
+        if _state["fn"] is None and _state["status"] == "new":
             if jit.linked(_key()):
                 return _load()
-            _state["loading"] = True
-            threading.Thread(target=_background_load, name="graphc-packweights",
-                             daemon=True).start()
+            if compile:
+                _state["status"] = "loading"
+                threading.Thread(target=_background_load, name="graphc-packweights",
+                                 daemon=True).start()
     return _state["fn"]
 
 
