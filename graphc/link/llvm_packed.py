@@ -21,7 +21,6 @@ def _packed_dot_step(node, ins, outs, reuse):
     trans = op.trans
     out = outs[0]
     threads = num_threads()
-
     extra = ins[3:]                      # the addends' cells
 
     def step():

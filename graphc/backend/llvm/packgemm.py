@@ -158,7 +158,8 @@ def _gemm_function(mod, name):
         col0 = b.mul(p, _c(NR))
         # lanes < the panel's columns (< NR only in the last panel); compared as i32 lanes,
         # one vector compare (i64 lanes took a dozen packing instructions per use)
-        cols = b.trunc(b.sub(n, col0), I32)
+        cols = b.sub(n, col0)
+        cols = b.trunc(b.select(b.icmp_signed("<", cols, _c(NR)), cols, _c(NR)), I32)
         ivec = ir.VectorType(I32, LANES)
         masks = [b.icmp_signed("<", lanes, _splat(b, b.sub(cols, ir.Constant(I32, h * LANES)),
                                                   ivec)) for h in range(2)]
