@@ -7,13 +7,24 @@ before the loop (graphc.tensor.packed). Only for loops whose step runs on the LL
 the one with a packed kernel; elsewhere PackedDot would just be a dot plus a wasted copy.
 Any size: the kernel has no call overhead of its own, and packing is one pass over W per
 loop.
+
+The terms the step adds to the product go into the same PackedDot (up to two, float32,
+each a full (M, N) matrix or a broadcast row): ``x_t @ Wx + h @ Wh + b``, once the input
+product was pushed out of the loop, is ``PackedDot(h, Wh, Wp, xw[t], b)``, which the kernel
+adds as it stores the product instead of a separate pass over the result. A sum is taken
+only where nothing else reads the product or a partial sum, so the product is still
+computed once.
 """
 from __future__ import annotations
 
-from graphc.graph.basic import io_toposort
+from collections import defaultdict
+
+from graphc.graph.basic import ancestors, io_toposort
+from graphc.graph.fg import FunctionGraph
+from graphc.rewriting import canonicalize
 from graphc.scan_module.op import Scan, make_scan
 from graphc.scan_module.utils import resolve_mode, substitute
-from graphc.tensor.elemwise import DimShuffle
+from graphc.tensor.elemwise import DimShuffle, Elemwise
 from graphc.tensor.math import Dot
 from graphc.tensor.packed import PackedDot, PackWeights
 
@@ -43,13 +54,71 @@ def _weight_of(v, nonseq):
     return None
 
 
+def _clients(inputs, outputs):
+    """inner variable -> the inner nodes that read it (once per node)."""
+    clients = defaultdict(list)
+    for node in io_toposort(inputs, outputs):
+        for v in dict.fromkeys(node.inputs):
+            clients[v].append(node)
+    return clients
+
+
+def _addable(v, product) -> bool:
+    """``v`` may be added in the kernel's store: a float32 matrix, rows broadcast or not,
+    columns not, and no taller than the product."""
+    return v.ndim == 2 and v.dtype == "float32" and not v.type.broadcastable[1] and \
+        (v.type.broadcastable[0] or not product.type.broadcastable[0])
+
+
+def _terms(node, v, product, room):
+    """The other terms of ``node`` if it is a float32 ``add`` of ``v`` (once) with at most
+    ``room`` other terms, each addable to ``product``; else None."""
+    out = node.outputs[0]
+    if not (isinstance(node.op, Elemwise) and node.op.scalar_op.name == "add") or \
+            out.dtype != "float32" or out.type.broadcastable != product.type.broadcastable \
+            or sum(x is v for x in node.inputs) != 1:
+        return None
+    others = [x for x in node.inputs if x is not v]
+    if len(others) > room or not all(_addable(x, product) for x in others):
+        return None
+    return others
+
+
+def _absorbed_sum(product, clients, outputs, inputs):
+    """The sum ``(product + e1) + e2`` that PackedDot can compute in place of ``product``:
+    (the variable it replaces, the addends in order). The climb goes through adds that
+    only the value below feeds; a value the step returns or that several nodes read stays
+    a value of its own."""
+    top, terms = product, []
+    while top not in outputs and len(clients[top]) == 1:
+        more = _terms(clients[top][0], top, product, PackedDot.MAX_ADDENDS - len(terms))
+        if more is None:
+            break
+        terms += more
+        top = clients[top][0].outputs[0]
+    if product in ancestors(terms, blockers=inputs):
+        return product, []          # a term computed from the product: a cycle
+    return top, terms
+
+
+def _merged(op):
+    """The step graph with copies of one value folded (a copy): earlier rewrites may leave
+    two copies of a product or a sum, which must not become two products."""
+    fg = FunctionGraph(op.inner_inputs, op.inner_outputs, clone=True)
+    canonicalize.merge(fg)
+    return list(fg.inputs), list(fg.outputs)
+
+
 def _pack(fgraph, node) -> bool:
     op, info = node.op, node.op.info
-    seqs, taps, finals, nonseqs = op.split_inner_inputs()
+    if not any(isinstance(n.op, Dot) for n in io_toposort(op.inner_inputs, op.inner_outputs)):
+        return False
+    inputs, outputs = _merged(op)
+    seqs, taps, finals, nonseqs = op.split_inner_inputs(inputs)
     n_steps, o_seqs, o_inits, o_finits, o_non = op.split_outer_inputs(node.inputs)
     outer_of = dict(zip(nonseqs, o_non))
     found = []                   # (inner dot output, a, W, trans)
-    for inner in io_toposort(op.inner_inputs, op.inner_outputs):
+    for inner in io_toposort(inputs, outputs):
         if not isinstance(inner.op, Dot):
             continue
         a, w = inner.inputs
@@ -64,8 +133,15 @@ def _pack(fgraph, node) -> bool:
     for _, _, w, trans in found:
         if (w, trans) not in packed:
             packed[(w, trans)] = PackWeights(trans)(w).type(f"{w.name or 'W'}_packed")
-    repl = {out: PackedDot(trans)(a, w, packed[(w, trans)]) for out, a, w, trans in found}
-    new_outs = substitute(op.inner_outputs, repl)
+    clients = _clients(inputs, outputs)
+    repl = {}
+    for out, a, w, trans in found:
+        top, addends = _absorbed_sum(out, clients, set(outputs), inputs)
+        new = PackedDot(trans)(a, w, packed[(w, trans)], *addends)
+        if new.type != top.type:        # the sum's type must stay (e.g. a state's)
+            top, new = out, PackedDot(trans)(a, w, packed[(w, trans)])
+        repl[top] = new
+    new_outs = substitute(outputs, repl)
     new_inner = list(packed.values())
     new_outer = [PackWeights(trans)(outer_of[w]) for (w, trans) in packed]
     inner_in = seqs + [v for t in taps for v in t] + finals + nonseqs + new_inner
