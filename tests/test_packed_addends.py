@@ -37,8 +37,7 @@ def _with_addends(m, k, n, rows, split, seed=0):
     adds = [_f32(rng.standard_normal((r, n))) for r in rows]
     out = np.full((m, n), np.nan, np.float32)
     pp = PackedProduct()
-    pp.ways.cost = [2.0, 1.0] if split else [1.0, 2.0]     # force the way under test
-    pp.ways.calls = 1
+    pp.ways.force(split)                  # the way under test
     pp(a, pack_weights(w, False), n, out, 2, adds)
     ref = a.astype(np.float64) @ w.astype(np.float64)
     for e in adds:
