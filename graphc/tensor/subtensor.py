@@ -353,8 +353,9 @@ class IncSubtensor(Op):
             self.destroy_map = {0: [0]}
 
     def __str__(self):
+        kind = "Set" if self.set_instead_of_inc else "Inc"
         tail = ", inplace" if self.inplace else ""
-        return f"{'Set' if self.set_instead_of_inc else 'Inc'}Subtensor{{{_fmt(self.template)}{tail}}}"
+        return f"{kind}Subtensor{{{_fmt(self.template)}{tail}}}"
 
     @property
     def advanced(self):
