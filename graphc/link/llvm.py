@@ -519,4 +519,5 @@ class LLVMLinker:
 
 
 # native steps of the nnet ops (cross-entropy, convolution, pooling) register themselves
-from graphc.link import llvm_conv, llvm_ops, llvm_packed  # noqa: E402,F401
+from graphc.link import (llvm_conv, llvm_ops, llvm_packed, llvm_reduce,  # noqa: E402,F401
+                         llvm_rows)

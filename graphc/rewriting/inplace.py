@@ -84,6 +84,8 @@ def _candidates(node):
         return [(0, 3)] if v.type.broadcastable == node.outputs[0].type.broadcastable else []
     if isinstance(op, Ger) and not op.inplace:
         return [(0, 0)]
+    if isinstance(op, IncSubtensor) and not op.inplace:
+        return [(0, 0)]                 # the output has x's type: x[idx] (+)= y written in x
     return []
 
 
@@ -95,6 +97,8 @@ def _inplace_op(node, pairs):
         return Gemm(op.trans_a, op.trans_b, True, True)
     if isinstance(op, Gemv):
         return Gemv(op.trans, True, True)
+    if isinstance(op, IncSubtensor):
+        return IncSubtensor(op.template, op.set_instead_of_inc, True)
     return Ger(True)
 
 

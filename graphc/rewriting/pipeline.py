@@ -11,7 +11,8 @@ from __future__ import annotations
 import gc
 
 from graphc.configdefaults import config
-from graphc.rewriting import canonicalize, fusion, inplace, specialize, stabilize, subtensor_rules
+from graphc.rewriting import (canonicalize, fusion, inplace, shared_gemm, specialize, stabilize,
+                               subtensor_rules)
 from graphc.rewriting.engine import RuleSet, run_rules
 
 
@@ -36,6 +37,7 @@ def optimize(fgraph, mode):
             ("stabilize", _rules(stabilize.RULES, "stabilize", followup=canon)),
             ("specialize", _rules(specialize.RULES, "specialize", followup=canon)),
             ("merge", _plain(canonicalize.merge)),
+            ("shared_gemm", _plain(shared_gemm.merge_shared_gemms)),
             ("fusion", _plain(fusion.fuse)),
             ("inplace", _plain(inplace.make_inplace)),
             ("dce", _plain(canonicalize.dce)),

@@ -564,3 +564,29 @@ def test_threads_match_serial(monkeypatch):
         out = np.empty(gl.compile_kernel(s).out_shape([xi.shape]), np.int64)
         gl.compile_kernel(s)([xi], [out], nthreads=2)
         np.testing.assert_array_equal(out, xi.sum(axis=axes))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_reduce_with_outer_reduced_loops(dtype, monkeypatch):
+    """A kept axis between reduced ones (a conv bias gradient: sum over n, h, w) walks memory
+    in order: reduced loops before the kept one, each kept index combined into the output."""
+    monkeypatch.setenv("GRAPHC_PARALLEL_MIN", "1")
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(16, 5, 6, 7)).astype(dtype)
+    def total(axes):
+        return gl.compile_kernel(KernelSpec((dtype,), (("identity", (("in", 0),), dtype),),
+                                            (("eq", 0),), reduce=("add", axes)))
+    k = total((0, 2, 3))
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for name, v in [("C", x), ("strided", x[::2, :, ::-1]), ("channels last",
+                                                             np.moveaxis(x.copy(), 1, 3))]:
+        # channels last: the kept axis is innermost ('accumulate', not this variant)
+        axes = (0, 1, 2) if name == "channels last" else (0, 2, 3)
+        k2 = total(axes) if name == "channels last" else k
+        want = v.astype(np.float64).sum(axis=axes)
+        for nthreads in (1, 2):
+            out = np.full(want.shape, np.nan, dtype)
+            k2([v], [out], nthreads=nthreads)
+            np.testing.assert_allclose(out, want, rtol=tol, atol=tol, err_msg=name)
+    variants = [v for v in k._variants if v.mode == "reduce"]
+    assert variants and all(v.outer == 1 and v.split == 1 for v in variants)

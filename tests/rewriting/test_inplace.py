@@ -6,8 +6,9 @@ import graphc.tensor as T
 from graphc.graph.basic import Apply, Op
 from graphc.tensor.blas import Gemm
 from graphc.tensor.fused import Fused
+from graphc.tensor.subtensor import IncSubtensor
 
-from helpers import FAST, assert_same, compile_both
+from helpers import FAST, REF, assert_same, compile_both
 
 
 def destroyers(f):
@@ -108,3 +109,48 @@ def test_repeated_calls_give_the_same_results():
     for _ in range(3):
         np.testing.assert_array_equal(f(*args), first)
     assert_same(f, g, *args)
+
+
+def _inc_nodes(f):
+    return [n for n in f.maker.fgraph.toposort() if isinstance(n.op, IncSubtensor)]
+
+
+def test_set_and_inc_subtensor_write_into_a_dead_fresh_buffer():
+    x, y, v = T.dmatrix("x"), T.dvector("y"), T.dvector("v")
+    i = T.lvector("i")
+    outs = [T.set_subtensor(T.exp(x)[-1], y),             # the zeros-but-last pattern of BPTT
+            T.inc_subtensor(T.tanh(x)[:, 1], y[:3] * 2),
+            T.inc_subtensor((x * 3)[i], v)]                # repeated rows accumulate
+    rng = np.random.default_rng(5)
+    args = rng.random((3, 4)), rng.random(4), rng.random(4), np.array([0, 2, 0])
+    for mode in (FAST, None):                              # the py and the default linker
+        f = theano.function([x, y, v, i], outs, mode=mode)
+        g = theano.function([x, y, v, i], outs, mode=REF)
+        assert [n.op.inplace for n in _inc_nodes(f)] == [True] * 3
+        assert all(n.op.destroy_map == {0: [0]} for n in _inc_nodes(f))
+        first = [a.copy() for a in f(*args)]
+        for _ in range(2):                                 # kept buffers: nothing carries over
+            for a, b in zip(f(*args), first):
+                np.testing.assert_array_equal(a, b)
+        assert_same(f, g, *args)
+
+
+def test_inc_subtensor_never_writes_into_inputs_or_live_values():
+    x, y = T.dmatrix("x"), T.dvector("y")
+    e = T.exp(x)
+    outs = [T.set_subtensor(x[0], y),                      # x: an input
+            T.inc_subtensor(e[1], y), e.sum()]             # e: read again by the sum
+    f, g = compile_both([x, y], outs)
+    on_input = [n for n in _inc_nodes(f) if n.inputs[0] is x]
+    assert len(on_input) == 1 and not on_input[0].op.inplace
+    xv, yv = np.random.default_rng(6).random((2, 3)), np.ones(3)
+    keep = xv.copy()
+    for _ in range(2):
+        assert_same(f, g, xv, yv)
+        np.testing.assert_array_equal(xv, keep)
+        np.testing.assert_allclose(f(xv, yv)[2], np.exp(keep).sum())
+    f.maker.fgraph.check()
+    order = f.maker.fgraph.toposort()
+    for inc in _inc_nodes(f):       # whatever reads a destroyed buffer runs before
+        assert all(order.index(r) < order.index(inc)
+                   for r in f.maker.fgraph.orderings.get(inc, ()))

@@ -109,7 +109,12 @@ class Variant:
 
     mode 'map':        elementwise; every loop is an output dimension.
     mode 'reduce':     loops [0, n_keep) are kept, the rest reduced; accumulation in registers,
-                       one store per kept index (row reductions, full reductions).
+                       one store per kept index (row reductions, full reductions). With
+                       ``outer`` > 0, the first ``outer`` loops are reduced too and come before
+                       the kept ones (memory order: a conv bias gradient, sum over axes 0, 2,
+                       3, walks n, then c, then h*w): each kept index then combines its
+                       register result into the output, which the caller fills with the
+                       identity first.
     mode 'accumulate': loops in memory order, the output (stride 0 along reduced loops) is the
                        accumulator: out = combine(out, value), the caller fills it with the
                        identity first. Used when the innermost loop is a kept dimension
@@ -121,6 +126,7 @@ class Variant:
     inner: Tuple[str, ...]             # per operand: '0' | '1' | 's' (innermost stride kind)
     pyobj: bool                        # operands are PyArrayObject* (else raw data pointers)
     split: int = 0                     # the loop that runs over [start, stop)
+    outer: int = 0                     # 'reduce' only: reduced loops before the kept ones
 
     @property
     def is_reduction(self) -> bool:
@@ -295,9 +301,10 @@ class _Builder:
 
     # ------------------------------------------------------------------ reductions
     def reduction_level(self, d, offs):
-        """Kept loops 0..n_keep-1, then one accumulation over the reduced loops."""
+        """Kept loops 0..n_keep-1 (after ``outer`` reduced ones), then one accumulation
+        over the reduced loops."""
         v = self.v
-        if d < v.n_keep:
+        if d < v.outer + v.n_keep:
             lo, hi = self.bounds(d)
 
             def body(i, _):
@@ -314,7 +321,10 @@ class _Builder:
         if acc_dt is not out_dt:
             acc = self.b.fptrunc(acc, out_dt.reg)
         k_out = self.n_in
-        self.store(k_out, self.rows(offs)[k_out], acc)
+        ptr = self.rows(offs)[k_out]
+        if v.outer:                                 # outer reduced loops: combine in memory
+            acc = self.combine(kind, self.load(k_out, ptr), acc, out_dt)
+        self.store(k_out, ptr, acc)
 
     def reduced_loops(self, d, offs, acc, kind, out_dt, acc_dt):
         lo, hi = self.bounds(d)

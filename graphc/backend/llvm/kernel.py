@@ -291,6 +291,10 @@ class Kernel:
         marks the dimension that should be innermost. If that dimension is reduced, reduce in
         registers ('reduce': kept loops outside, reduced loops inside ordered by that input's
         strides); if it is kept, accumulate into the output in memory order ('accumulate').
+        Reduced dimensions with larger strides than every kept one go before the kept loops
+        ('reduce' with outer loops): a conv bias gradient, the sum of (n, c, h, w) over n, h
+        and w, walks memory in order instead of one c at a time through every n (128 x 50
+        x 8 x 8 float32: numpy took 0.33 ms, einsum's memory-order walk 0.1 ms).
         """
         live = [d for d in range(len(shape)) if shape[d] != 1]
         if not axes or not any(d in axes for d in live):
@@ -304,8 +308,14 @@ class Kernel:
         moving = [d for d in live if main is not None and main[d] != 0]
         innermost = min(moving, key=lambda d: abs(main[d])) if moving else live[-1]
         if innermost in axes:
-            return "reduce", [d for d in live if d not in axes] + \
-                by_stride([d for d in live if d in axes])
+            kept = [d for d in live if d not in axes]
+            reduced = by_stride([d for d in live if d in axes])
+            if main is not None and kept:
+                top = max(abs(main[d]) for d in kept)
+                outer = [d for d in reduced if abs(main[d]) > top]
+                if outer:
+                    return "reduce", outer + kept + [d for d in reduced if d not in outer]
+            return "reduce", kept + reduced
         return "accumulate", by_stride(live)
 
     def _make_plan(self, key, inputs, outputs, nthreads):
@@ -370,9 +380,12 @@ class Kernel:
                 inner.append("0")                   # the output does not move in reduced loops
             else:
                 inner.append("0" if s[-1] == 0 else "1" if s[-1] == items[k] else "s")
-        split = groups.index(False) if mode == "accumulate" else 0
+        # 'reduce' with reduced loops before the kept ones: threads split the first kept loop
+        outer = groups.index(False) if mode == "reduce" and groups[0] and False in groups \
+            else 0
+        split = groups.index(False) if mode == "accumulate" else outer
         variant = Variant(mode, ndim, groups.count(False) if mode == "reduce" else 0,
-                          tuple(inner), PYOBJ, split)
+                          tuple(inner), PYOBJ, split, outer)
         total = int(np.prod(lshape))
         if PYOBJ and mode != "accumulate" and total < parallel_min():
             pycall.prefetch()       # this plan will want a builtin: load it meanwhile
@@ -380,7 +393,7 @@ class Kernel:
         plan.meta = np.array(lshape + [x for s in lstrides for x in s], dtype=np.int64)
         plan.meta_ptr = plan.meta.ctypes.data
         plan.n0 = lshape[split]
-        if mode == "accumulate":
+        if mode == "accumulate" or outer:
             plan.prefill = reduce_identity(spec.reduce[0], DTYPES[spec.out_dtypes[0]])
 
         if nthreads is not None:
@@ -391,7 +404,7 @@ class Kernel:
             k = min(threads, plan.n0)
             cuts = [plan.n0 * t // k for t in range(k + 1)]
             plan.chunks = [(cuts[t], cuts[t + 1]) for t in range(k)]
-            if mode == "reduce" and groups[0]:      # split loop is reduced: partial results
+            if mode == "reduce" and groups[split]:  # split loop is reduced: partial results
                 kind = spec.reduce[0]
                 out_dt = DTYPES[spec.out_dtypes[0]]
                 acc = accumulator_dtype(kind, out_dt)
