@@ -51,7 +51,10 @@ def _sum_step(node, ins, outs, reuse):
         v = ins[0][0]
         if v.__class__ is not np.ndarray or v.dtype != np_dtype or v.ndim != ndim or \
                 np.prod([v.shape[d] for d in trailing]) < MIN_RUN:
-            perform(node, [v], outs)        # short rows; numpy scalars, bad input: its errors
+            # short rows; numpy scalars, bad input: its errors (its warnings silenced, as
+            # functions silence them around numpy performs)
+            with np.errstate(all="ignore"):
+                perform(node, [v], outs)
             return
         shape = tuple(s for d, s in enumerate(v.shape) if d not in axes)
         o = bufs.get(0, shape, np_dtype)
