@@ -25,8 +25,11 @@ on Zen 3, the LSTM gate kernel (3 sigmoids + 2 tanh per element) ran 0.90x as lo
 every division replaced by a multiply (wrong results; the bound of any division trick),
 and 1.03-1.31x as long with vrcpps + Newton-Raphson (LLVM's arcp lowering, with or without
 fma) or a bit-trick estimate + 3 Newton steps, so divisions stay IEEE fdiv (exact, shorter
-latency). What paid was shortening chains and bodies: Estrin in exp, one scale factor in
-exp(x <= 0), sigmoid as one division of a picked numerator (0.87x on both kernels).
+latency). What paid was shortening chains and bodies: Estrin in exp (one term less), one
+scale factor in exp(x <= 0), sigmoid as one division of a picked numerator (0.87x on both
+that kernel and the elemwise one, one thread); Estrin in log: log and log1p 0.91x. (Estrin
+in tanh's numerator took the gate kernel to 0.79x but cost the elemwise one 4%: its extra
+multiply and live value spill there; left out.)
 """
 from __future__ import annotations
 
@@ -57,6 +60,10 @@ EXP_SHIFT_NONPOS = 1.5 * 2 ** 23 + 151.0
 # far below float32 rounding, so one term less than Cephes' expf costs no accuracy.
 EXP_POLY = (1.3814539415761828e-3, 8.36874544620514e-3, 4.166838899254799e-2,
             0.1666652113199234, 0.4999999403953552)
+# Cephes logf's polynomial, highest degree first.
+LOG_POLY = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+            1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+            3.3333331174e-1)
 TANH_CLAMP = 9.0                # tanh(x) rounds to +-1 in float32 beyond this
 
 # Ops whose float32 form here is a long straight-line polynomial (codegen interleaves loops
@@ -153,6 +160,31 @@ class MathBuilder:
 
 
 # ------------------------------------------------------------------------------------ exp
+def estrin(m: MathBuilder, x, x2, coeffs):
+    """coeffs[0]*x^(n-1) + ... + coeffs[-1] by Estrin's scheme, given x2 = x*x: as many fmas
+    as Horner (plus one multiply for x^4 from 7 coefficients on), in a chain of depth
+    ~log2(n) instead of n - 1. The loops these polynomials sit in are latency-bound (see
+    the module docstring), so the shorter chain is what counts."""
+    c = [m.c(x, v) for v in coeffs]
+    terms = []                      # lowest degree first: c[k-1]*x + c[k], then c[0] if left
+    k = len(c) - 1
+    while k > 0:
+        terms.append(m.fma(c[k - 1], x, c[k]))
+        k -= 2
+    if k == 0:
+        terms.append(c[0])
+    power = x2                      # terms[i] is the coefficient of power^i
+    while len(terms) > 3:
+        terms = [m.fma(power, terms[i + 1], terms[i]) if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+        power = m.mul(power, power)
+    if len(terms) == 3:             # t0 + p*(t1 + p*t2): depth 2 without computing p^2
+        return m.fma(power, m.fma(power, terms[2], terms[1]), terms[0])
+    if len(terms) == 2:
+        return m.fma(power, terms[1], terms[0])
+    return terms[0]
+
+
 def exp(m: MathBuilder, x):
     if x.type == F64:
         return m.call_f("exp", x)
@@ -167,14 +199,8 @@ def _exp_reduce(m: MathBuilder, xc, shift):
     n = m.sub(j, m.c(xc, shift))                                 # exact
     r = m.fma(n, m.c(xc, -LN2_HI), xc)
     r = m.fma(n, m.c(xc, -LN2_LO), r)
-    # Estrin, not Horner: same 4 fmas, dependency chain 3 deep instead of 5. These kernels
-    # are latency-bound (long chains, ~300 instructions per loop iteration do not fit the
-    # out-of-order window), so a shorter chain is what makes them faster.
-    c = EXP_POLY
     r2 = m.mul(r, r)
-    lo = m.fma(m.c(xc, c[3]), r, m.c(xc, c[4]))
-    hi = m.fma(m.c(xc, c[1]), r, m.c(xc, c[2]))
-    p = m.fma(r2, m.fma(r2, m.c(xc, c[0]), hi), lo)
+    p = estrin(m, r, r2, EXP_POLY)
     return j, m.add(m.fma(p, r2, r), m.c(xc, 1.0))
 
 
@@ -234,9 +260,7 @@ def log_f32(m: MathBuilder, x):
     e = m.select(small, b.sub(e, ir.Constant(I32, 1)), e)
     t = m.sub(m.select(small, m.add(f, f), f), m.c(x, 1.0))    # exact
     z = m.mul(t, t)
-    p = m.poly(t, [7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
-                   1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
-                   3.3333331174e-1])
+    p = estrin(m, t, z, LOG_POLY)
     y = m.mul(m.mul(p, t), z)
     fe = b.sitofp(e, F32)
     y = m.fma(fe, m.c(x, LN2_LO), y)
