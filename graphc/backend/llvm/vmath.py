@@ -7,7 +7,7 @@ which the vectorizer widens to 8-lane AVX2 code. All of them handle nan, +-inf, 
 and the denormal range the way numpy does (up to rounding); max relative errors measured
 against float64 references are in the docstrings (tests/backend/test_llvm_kernels.py checks
 < 1e-5 on edge values for every op, and < 1e-6 on a sweep of 4.5M arguments for exp, tanh and
-sigmoid; tests/backend/test_llvm_vmath.py bounds exp, sigmoid, softplus, tanh and erf in ulps).
+sigmoid; tests/backend/test_llvm_vmath.py bounds every float32 function here in ulps).
 
 float64 uses libm (``exp``, ``log1p``, ``tanh``, ``erf``, ...): exact to ~1 ulp, scalar.
 
@@ -26,10 +26,10 @@ every division replaced by a multiply (wrong results; the bound of any division 
 and 1.03-1.31x as long with vrcpps + Newton-Raphson (LLVM's arcp lowering, with or without
 fma) or a bit-trick estimate + 3 Newton steps, so divisions stay IEEE fdiv (exact, shorter
 latency). What paid was shortening chains and bodies: Estrin in exp (one term less), one
-scale factor in exp(x <= 0), sigmoid as one division of a picked numerator (0.87x on both
-that kernel and the elemwise one, one thread); Estrin in log: log and log1p 0.91x. (Estrin
-in tanh's numerator took the gate kernel further, 0.87x -> 0.79x, but cost the elemwise one
-4%: one more multiply and one more live value, which spills there; left out.)
+scale factor in exp(x <= 0), sigmoid as one division of a picked numerator (0.82-0.91x on
+that kernel, 0.75-0.90x on the elemwise one, one thread); Estrin in log: log, log1p 0.91x.
+(Estrin in tanh's numerator took the gate kernel further, 0.87x -> 0.79x, but cost the
+elemwise one 4%: one more multiply and one more live value, which spills there; left out.)
 """
 from __future__ import annotations
 
