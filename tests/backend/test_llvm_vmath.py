@@ -114,3 +114,43 @@ def test_sigmoid_float64_edges():
     want = sps.expit(x)         # 1/(1+exp(-x)): 0 at -745, where exp(-745) ~ 5e-324 is right
     np.testing.assert_allclose(out, want, rtol=1e-15, atol=5e-324)
     assert out[-1] != out[-1]
+
+
+GAUSSIAN_FORMS = {   # exp of a provably nonpositive argument: each shape vmath.nonpositive sees
+    "-(x*x)": (("mul", (("in", 0), ("in", 0)), F), ("neg", (("eq", 0),), F)),
+    "(-x)*x": (("neg", (("in", 0),), F), ("mul", (("eq", 0), ("in", 0)), F)),
+    "x*(-x)": (("neg", (("in", 0),), F), ("mul", (("in", 0), ("eq", 0)), F)),
+    "-sqr(x)": (("sqr", (("in", 0),), F), ("neg", (("eq", 0),), F)),
+    "-abs(x)": (("abs", (("in", 0),), F), ("neg", (("eq", 0),), F)),
+}
+
+
+@pytest.mark.parametrize("form", sorted(GAUSSIAN_FORMS))
+def test_exp_of_nonpositive_forms(form):
+    """exp(-x*x) and friends take exp_nonpositive_f32 (one scale factor, no upper clamp):
+    same ulp bound, denormal results, 0 for huge |x|, nan for nan."""
+    eqns = GAUSSIAN_FORMS[form]
+    spec = KernelSpec((F,), eqns + (("exp", (("eq", len(eqns) - 1),), F),),
+                      (("eq", len(eqns)),))
+    x = np.concatenate([sweep()[::4], EDGES, np.linspace(-10.5, 10.5, 20001, dtype=F)])
+    out = np.empty_like(x)
+    gl.compile_kernel(spec)([x], [out])
+    with np.errstate(all="ignore"):       # the argument as the kernel rounds it: x*x in float32
+        arg = -np.abs(x) if form == "-abs(x)" else -(x * x)
+    check_ulps("exp", arg, out)
+    assert np.isnan(out[np.isnan(x)]).all() and np.all(out[arg < -104] == 0)
+
+
+def test_nonpositive_recognizes_only_provable_shapes():
+    from llvmlite import ir
+    from graphc.backend.llvm import vmath
+    mod = ir.Module()
+    fn = ir.Function(mod, ir.FunctionType(ir.FloatType(), [ir.FloatType()] * 2), "f")
+    b = vmath.MathBuilder(ir.IRBuilder(fn.append_basic_block()))
+    x, y = fn.args
+    neg = b.b.fneg(x)
+    yes = [b.b.fneg(b.mul(x, x)), b.mul(neg, x), b.mul(x, neg), b.b.fneg(b.fabs(x))]
+    no = [x, neg, b.mul(x, x), b.mul(neg, y), b.mul(x, b.b.fneg(y)), b.b.fneg(b.mul(x, y)),
+          b.b.fneg(b.add(x, x)), b.b.fneg(b.call_f("sqrt", x))]
+    assert all(vmath.nonpositive(v) for v in yes)
+    assert not any(vmath.nonpositive(v) for v in no)
