@@ -194,4 +194,4 @@ def test_two_ways_warm_up_then_faster_way():
     # a way that becomes slower is left after its average passes the other's
     for _ in range(20):
         w.record(True, 5.0)
-    assert w.split() is False or w.calls % (TwoWays.EXPLORE * 2) == 0
+    assert sum(w.split() for _ in range(10)) <= 1

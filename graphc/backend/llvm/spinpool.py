@@ -364,8 +364,8 @@ class TwoWays:
     on the machine more than on the work: on the idle 2-core development machine a split
     took ~60% of the one-thread time; with more runnable threads than cores a split waits for
     a worker sharing its caller's core and took up to 2-3x as long (load 2.5-3). Every
-    EXPLORE-th call (up to 8x less often when the other way was that much slower) runs the
-    other way, so a change of load is noticed within a few calls.
+    EXPLORE-th call, times the slower way's cost ratio (at most 8), runs the other way, so a
+    change of load is noticed within a few hundred calls at most.
 
     The first WARM calls of each way alternate (the split first) and each way starts from
     its best warm-up time: a first call pays for fresh buffers and cold caches, and a
@@ -373,7 +373,7 @@ class TwoWays:
     longer than a whole benchmark of a large product (~13 calls)."""
 
     __slots__ = ("cost", "calls", "seen")
-    EXPLORE = 16
+    EXPLORE = 32
     SMOOTH = 0.3            # weight of the newest time in the average
     WARM = 2                # samples of each way before the averages decide
 
@@ -390,8 +390,9 @@ class TwoWays:
             return seen[1] <= seen[0]
         cost = self.cost
         faster = cost[1] < cost[0]
-        # the other way is tried less often the slower it was (at most 8x less often)
-        every = self.EXPLORE * min(8, max(1, int(max(cost) / min(cost))))
+        # the other way is tried less often the slower it was (at most 8x less often): a
+        # scan step's product explores ~2 times per LSTM call of 100 products, not ~6
+        every = int(self.EXPLORE * min(8.0, max(cost) / min(cost)))
         return not faster if self.calls % every == 0 else faster
 
     def record(self, split: bool, seconds: float) -> None:
