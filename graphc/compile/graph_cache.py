@@ -40,6 +40,7 @@ import sys
 import numpy as np
 
 from graphc.compile.sharedvalue import SharedVariable
+from graphc.graph.basic import Variable
 from graphc.configdefaults import config
 
 _MAGIC = b"GRAPHCG1"
@@ -107,23 +108,48 @@ class _Pickler(pickle.Pickler):
         self._pos = {id(v): k for k, v in enumerate(inputs)}
 
     def reducer_override(self, obj):
-        k = self._pos.get(id(obj))
-        if k is not None:
-            return _input, (k,)
-        if isinstance(obj, SharedVariable):  # its value and identity must not be copied
-            raise _Uncacheable("a shared variable that is not an input")
-        if type(obj).__module__.startswith("numpy") and isinstance(obj, np.dtype) and \
-                obj.isbuiltin == 1 and obj.metadata is None:
-            # numpy's own dtype objects load back as copies, but the native call path
-            # (graphc/backend/llvm/pycall.py) checks ``a.dtype is`` numpy's singleton
-            return np.dtype, (obj.str,)
+        kind = _kinds.get(type(obj))
+        if kind is None:
+            kind = _kinds[type(obj)] = _kind_of(type(obj))
+        if kind is _PLAIN:
+            return NotImplemented
+        if kind is _VARIABLE or kind is _SHARED:
+            k = self._pos.get(id(obj))
+            if k is not None:
+                return _input, (k,)
+            if kind is _SHARED:         # its value and identity must not be copied
+                raise _Uncacheable("a shared variable that is not an input")
+            return NotImplemented
+        if kind is _DTYPE:
+            if obj.isbuiltin == 1 and obj.metadata is None:
+                # numpy's own dtype objects load back as copies, but the native call path
+                # (graphc/backend/llvm/pycall.py) checks ``a.dtype is`` numpy's singleton
+                return np.dtype, (obj.str,)
+            return NotImplemented
         state = getattr(obj, "__dict__", None)
-        if state is not None and "_hash" in state and \
-                type(obj).__getstate__ is object.__getstate__:
+        if state is not None and "_hash" in state:
             # a remembered hash() (of strings: different in another process) would be
             # restored as is; classes that recompute it define __getstate__ (Scan, IfElse)
             raise _Uncacheable(f"{type(obj).__name__} keeps its hash")
         return NotImplemented
+
+
+# What reducer_override does with the instances of a class, decided once per class (it is
+# called for every object in the graph that is not a str, number, tuple, list or dict).
+_PLAIN, _VARIABLE, _SHARED, _DTYPE, _CHECK_HASH = "plain", "var", "shared", "dtype", "hash"
+_kinds: dict = {}
+
+
+def _kind_of(cls) -> str:
+    if issubclass(cls, SharedVariable):
+        return _SHARED
+    if issubclass(cls, Variable):       # the inputs are replaced by their position
+        return _VARIABLE
+    if str(getattr(cls, "__module__", "")).startswith("numpy") and issubclass(cls, np.dtype):
+        return _DTYPE
+    if getattr(cls, "__getstate__", None) is object.__getstate__:
+        return _CHECK_HASH
+    return _PLAIN
 
 
 class _Unpickler(pickle.Unpickler):
