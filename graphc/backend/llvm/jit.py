@@ -503,7 +503,8 @@ def cache_info() -> dict:
 
 def clear_cache() -> None:
     """Remove every cache entry (and temporaries left by killed writers) from the directory,
-    the optimized graphs of graphc/compile/graph_cache.py (``.graph``) included.
+    the optimized graphs of graphc/compile/graph_cache.py (``.graph``) and the lists of
+    backend/llvm/ahead.py (``.uses``) included.
 
     Functions already loaded into this process stay loaded (their addresses are in use).
     """
