@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from graphc.compile import graph_cache
 from graphc.graph.basic import Apply, Constant, Op, ancestors, clone_replace, io_toposort
 from graphc.scan_module.utils import (compiled, graph_signature, infer_inner_shapes, is_zero,
                                       resolve_mode, substitute)
@@ -48,11 +49,13 @@ class IfElse(Op):
         return self._hash
 
     def __getstate__(self):         # the graph cache: string hashes differ between processes
-        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_hash", "_cache_origin")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._hash = hash((type(self), self._props()))
+        # loaded from the graph cache: the branch functions' keys derive from this
+        self._cache_origin = graph_cache.origin()
 
     def __str__(self):
         return f"IfElse{{{self.name}}}" if self.name else "IfElse"

@@ -207,6 +207,8 @@ def test_another_process_hits_for_the_loop_and_its_inner_graphs(tmp_path):
     assert n >= 2 and first["stats"]["hits"] == 0
     assert second["stats"]["hits"] == n and second["stats"]["misses"] == 0
     assert second["stats"]["stored"] == 0 and second["stats"]["rebuilt_corrupt"] == 0
+    # the inner graphs' keys derive from the loaded outer graph's (no pickle of their own)
+    assert first["stats"]["derived"] == second["stats"]["derived"] == n - 1
     for k in ("cost", "g", "W"):
         np.testing.assert_allclose(second[k], first[k], rtol=1e-6)
     # numpy: h_t = tanh(x_t W + h_{t-1} W), cost = sum(h_T^2)
@@ -237,3 +239,49 @@ def test_clear_cache_removes_the_graphs(cachedir):
     jit.clear_cache()
     assert not _graphs(cachedir)
     assert _function([x], x * 2 + 1)[1]["misses"] == 1
+
+
+def test_inner_graph_keys_derive_from_the_loaded_loop(cachedir):
+    """A loop loaded from the cache names its inner graph by where it came from: a second
+    compile of the same graph hits for the inner graph without pickling it, two loops of one
+    graph get different inner keys, and both compiles compute the numpy results."""
+    xs = T.fmatrix("xs")
+    a, _ = graphc.scan(lambda x, h: h * 0.5 + x, sequences=xs, outputs_info=T.zeros((3,)))
+    b, _ = graphc.scan(lambda x, h: T.tanh(h + x), sequences=xs, outputs_info=T.zeros((3,)))
+    xv = np.linspace(-1, 1, 12, dtype="float32").reshape(4, 3)
+    ha, hb = np.zeros(3), np.zeros(3)
+    want_a, want_b = [], []
+    for x in xv:
+        ha, hb = ha * 0.5 + x, np.tanh(hb + x)
+        want_a.append(ha)
+        want_b.append(hb)
+    deltas = []
+    for _ in range(2):
+        before = dict(graph_cache.stats)
+        f = graphc.function([xs], [a, b])
+        ra, rb = f(xv)                      # the inner graphs compile at the first call
+        deltas.append(_delta(before))
+        np.testing.assert_allclose(ra, want_a, rtol=1e-5)
+        np.testing.assert_allclose(rb, want_b, rtol=1e-5)
+        origins = [n.op._cache_origin for n in f.maker.fgraph.toposort()
+                   if isinstance(n.op, Scan)]
+        assert len(origins) == 2 and origins[0] != origins[1] and None not in origins
+    first, second = deltas
+    assert first["misses"] == 3 and first["stored"] == 3 and first["derived"] == 2
+    assert second["hits"] == 3 and second["misses"] == 0 and second["derived"] == 2
+    assert len(_graphs(cachedir)) == 3
+
+
+def test_ifelse_branches_load_with_derived_keys(cachedir):
+    from graphc.ifelse import ifelse
+    c, x = T.fscalar("c"), T.fvector("x")
+    y = ifelse(T.gt(c, 0), T.exp(x) * 2, T.log1p(x * x))
+    xv = np.linspace(0, 2, 5, dtype="float32")
+    for _ in range(2):
+        before = dict(graph_cache.stats)
+        f = graphc.function([c, x], y)
+        np.testing.assert_allclose(f(np.float32(1), xv), np.exp(xv) * 2, rtol=1e-5)
+        np.testing.assert_allclose(f(np.float32(-1), xv), np.log1p(xv * xv), rtol=1e-5)
+        d = _delta(before)
+        assert d["derived"] == 2 and d["hits"] + d["misses"] == 3
+    assert d["hits"] == 3

@@ -30,24 +30,31 @@ functions, values of ``hash()``, which differ between processes) is left out by
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import pickle
 import struct
 import sys
+import threading
 
 import numpy as np
 
 from graphc.compile.sharedvalue import SharedVariable
+from graphc.graph.basic import Variable
 from graphc.configdefaults import config
 
 _MAGIC = b"GRAPHCG1"
 _HEADER = struct.Struct("<8sQ32s")          # magic, payload length, sha256(payload)
 MAX_BYTES = 64 << 20                        # larger graphs (big constants) are not stored
 
-stats = {"hits": 0, "misses": 0, "stored": 0, "uncacheable": 0, "rebuilt_corrupt": 0}
+stats = {"hits": 0, "misses": 0, "stored": 0, "uncacheable": 0, "rebuilt_corrupt": 0,
+         "derived": 0}
 _source_hash = None
+# .loading: [key, ops numbered so far] while a graph unpickles (origin);
+# .derived: the name the next key takes instead of a pickle of its graph (derived)
+_local = threading.local()
 
 
 class _Uncacheable(Exception):
@@ -107,23 +114,48 @@ class _Pickler(pickle.Pickler):
         self._pos = {id(v): k for k, v in enumerate(inputs)}
 
     def reducer_override(self, obj):
-        k = self._pos.get(id(obj))
-        if k is not None:
-            return _input, (k,)
-        if isinstance(obj, SharedVariable):  # its value and identity must not be copied
-            raise _Uncacheable("a shared variable that is not an input")
-        if type(obj).__module__.startswith("numpy") and isinstance(obj, np.dtype) and \
-                obj.isbuiltin == 1 and obj.metadata is None:
-            # numpy's own dtype objects load back as copies, but the native call path
-            # (graphc/backend/llvm/pycall.py) checks ``a.dtype is`` numpy's singleton
-            return np.dtype, (obj.str,)
+        kind = _kinds.get(type(obj))
+        if kind is None:
+            kind = _kinds[type(obj)] = _kind_of(type(obj))
+        if kind is _PLAIN:
+            return NotImplemented
+        if kind is _VARIABLE or kind is _SHARED:
+            k = self._pos.get(id(obj))
+            if k is not None:
+                return _input, (k,)
+            if kind is _SHARED:         # its value and identity must not be copied
+                raise _Uncacheable("a shared variable that is not an input")
+            return NotImplemented
+        if kind is _DTYPE:
+            if obj.isbuiltin == 1 and obj.metadata is None:
+                # numpy's own dtype objects load back as copies, but the native call path
+                # (graphc/backend/llvm/pycall.py) checks ``a.dtype is`` numpy's singleton
+                return np.dtype, (obj.str,)
+            return NotImplemented
         state = getattr(obj, "__dict__", None)
-        if state is not None and "_hash" in state and \
-                type(obj).__getstate__ is object.__getstate__:
+        if state is not None and "_hash" in state:
             # a remembered hash() (of strings: different in another process) would be
             # restored as is; classes that recompute it define __getstate__ (Scan, IfElse)
             raise _Uncacheable(f"{type(obj).__name__} keeps its hash")
         return NotImplemented
+
+
+# What reducer_override does with the instances of a class, decided once per class (it is
+# called for every object in the graph that is not a str, number, tuple, list or dict).
+_PLAIN, _VARIABLE, _SHARED, _DTYPE, _CHECK_HASH = "plain", "var", "shared", "dtype", "hash"
+_kinds: dict = {}
+
+
+def _kind_of(cls) -> str:
+    if issubclass(cls, SharedVariable):
+        return _SHARED
+    if issubclass(cls, Variable):       # the inputs are replaced by their position
+        return _VARIABLE
+    if str(getattr(cls, "__module__", "")).startswith("numpy") and issubclass(cls, np.dtype):
+        return _DTYPE
+    if getattr(cls, "__getstate__", None) is object.__getstate__:
+        return _CHECK_HASH
+    return _PLAIN
 
 
 class _Unpickler(pickle.Unpickler):
@@ -153,18 +185,23 @@ def enabled(mode) -> bool:
         not config.debug and not getattr(mode, "check", False)
 
 
-def key(fgraph, mode, trace) -> str | None:
+def key(fgraph, mode, trace, derived_from=None) -> str | None:
     """The key of optimizing ``fgraph`` (not optimized yet) in ``mode``, or None when it
-    cannot be cached. ``trace``: what function() records on the nodes it creates."""
+    cannot be cached. ``trace``: what function() records on the nodes it creates.
+    ``derived_from``: a name that stands for the graph itself (see ``derived``)."""
     if not enabled(mode):
         return None
-    try:
-        # the nodes in topological order first: pickling them from the outputs would
-        # recurse once per node along a long chain
-        graph = _dump((fgraph.toposort(), fgraph.outputs), fgraph.inputs)
-    except _Uncacheable:
-        stats["uncacheable"] += 1
-        return None
+    if derived_from is not None:
+        graph = b"derived from " + repr(derived_from).encode()
+        stats["derived"] += 1
+    else:
+        try:
+            # the nodes in topological order first: pickling them from the outputs would
+            # recurse once per node along a long chain
+            graph = _dump((fgraph.toposort(), fgraph.outputs), fgraph.inputs)
+        except _Uncacheable:
+            stats["uncacheable"] += 1
+            return None
     h = hashlib.sha256(_sources())
     flags = sorted((n, repr(v)) for n, v in config._values.items() if n != "compiledir")
     mode_state = sorted((k, repr(v)) for k, v in vars(mode).items())
@@ -174,6 +211,34 @@ def key(fgraph, mode, trace) -> str | None:
         h.update(p.encode() + b"\0")
     h.update(graph)
     return h.hexdigest()
+
+
+def origin():
+    """For the ``__setstate__`` of ops that compile inner graphs when they first run (Scan,
+    IfElse): while a cached graph loads, (its key, the op's number in it), else None.
+
+    Ops are numbered in the order they unpickle, the same in every process that loads the
+    same bytes, so the pair names the op's whole content, inner graphs included: the keys
+    of those inner graphs derive from it (``derived``) instead of each being a pickle of
+    its graph (~1 ms per LSTM step graph, in the loop's first call)."""
+    loading = getattr(_local, "loading", None)
+    if loading is None:
+        return None
+    loading[1] += 1
+    return loading[0], loading[1]
+
+
+@contextlib.contextmanager
+def derived(name):
+    """The next graph function() compiles inside takes ``name`` (a repr-able value that
+    determines that graph, e.g. an op's ``origin()`` and which of its inner graphs) in its
+    key in place of a pickle of the graph; the rest of the key (flags, mode, call-site trace,
+    input types, graphc's sources) is computed as usual. None: nothing changes."""
+    outer, _local.derived = getattr(_local, "derived", None), name
+    try:
+        yield
+    finally:
+        _local.derived = outer
 
 
 def _path(k: str) -> str:
@@ -191,7 +256,8 @@ def optimized(fgraph, mode, trace):
     bytes in every process (a freshly built graph and its unpickled copy can differ in
     which equal objects they share), so their own keys hit in the next process too."""
     from graphc.rewriting.pipeline import optimize
-    k = key(fgraph, mode, trace)
+    name, _local.derived = getattr(_local, "derived", None), None     # for this graph only
+    k = key(fgraph, mode, trace, name)
     if k is None:
         return optimize(fgraph, mode)
     hit = _load(k, fgraph)
@@ -203,7 +269,7 @@ def optimized(fgraph, mode, trace):
     except _Uncacheable:
         stats["uncacheable"] += 1
         return fgraph
-    again = _unpack(payload, fgraph)
+    again = _unpack(payload, fgraph, k)
     if again is None:                       # does not survive pickling: use it as it is
         stats["uncacheable"] += 1
         return fgraph
@@ -227,7 +293,7 @@ def _load(k: str, fgraph):
         payload = blob[_HEADER.size:]
         if magic == _MAGIC and length == len(payload) and \
                 hashlib.sha256(payload).digest() == digest:
-            loaded = _unpack(payload, fgraph)
+            loaded = _unpack(payload, fgraph, k)
     if loaded is None:
         stats["rebuilt_corrupt"] += 1
         return None
@@ -235,14 +301,18 @@ def _load(k: str, fgraph):
     return loaded
 
 
-def _unpack(payload: bytes, fgraph):
-    """The graph pickled in ``payload`` with ``fgraph``'s inputs, or None when it does not
-    load or is not a graph of those very inputs with outputs of the same types."""
+def _unpack(payload: bytes, fgraph, k: str):
+    """The graph pickled in ``payload`` (stored under key ``k``) with ``fgraph``'s inputs, or
+    None when it does not load or is not a graph of those very inputs with outputs of the
+    same types."""
     from graphc.graph.fg import FunctionGraph
+    outer, _local.loading = getattr(_local, "loading", None), [k, 0]
     try:
         loaded = _Unpickler(io.BytesIO(payload), fgraph.inputs).load()[1]
     except Exception:
         return None
+    finally:
+        _local.loading = outer
     ok = isinstance(loaded, FunctionGraph) and len(loaded.inputs) == len(fgraph.inputs) \
         and all(a is b for a, b in zip(loaded.inputs, fgraph.inputs)) \
         and len(loaded.outputs) == len(fgraph.outputs) \

@@ -34,8 +34,12 @@ class Scratchpad:
 
     def __getstate__(self):
         # entries named with an underscore are caches (e.g. Variable.eval's compiled
-        # functions): not copied by clones (_copy_tag), not pickled either
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        # functions): not copied by clones (_copy_tag), not pickled either. Without any,
+        # the dict itself (the graph cache's key pickles one tag per variable and node)
+        state = self.__dict__
+        if any(k[:1] == "_" for k in state):
+            return {k: v for k, v in state.items() if not k.startswith("_")}
+        return state
 
 
 _outside_cache: Dict[str, bool] = {}
@@ -108,6 +112,7 @@ class Type:
 
 
 _ids = itertools.count()
+_UNSET = object()                          # a slot never assigned (Variable.__getstate__)
 _PICKLED_SLOTS: Dict[type, tuple] = {}     # class -> (slots pickled, caches loaded as None)
 
 
@@ -140,7 +145,11 @@ class Variable:
         # per-process creation number (a loaded variable gets a new one), and the caches,
         # slots named with an underscore (Constant._sig), which load as None
         kept, _ = _pickled_slots(type(self))
-        state = {k: getattr(self, k) for k in kept if hasattr(self, k)}
+        state = {}
+        for k in kept:
+            v = getattr(self, k, _UNSET)
+            if v is not _UNSET:
+                state[k] = v
         if type(self).__dictoffset__:                   # a subclass without __slots__
             state.update(self.__dict__)
         return state

@@ -30,6 +30,7 @@ from typing import Tuple
 
 import numpy as np
 
+from graphc.compile import graph_cache
 from graphc.graph.basic import Apply, Constant, Op
 from graphc.scan_module.loop import PerStep, StepShapeError, make_loop
 from graphc.scan_module.utils import (compiled, graph_signature, infer_inner_shapes,
@@ -95,12 +96,15 @@ class Scan(Op):
 
     def __getstate__(self):
         # for the graph cache (graphc/compile/graph_cache.py): not the compiled inner
-        # functions, nor the hash (string hashes differ between processes)
-        return {k: v for k, v in self.__dict__.items() if k not in ("_hash", "_compiled")}
+        # functions, nor the hash (string hashes differ between processes), nor the origin
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("_hash", "_compiled", "_cache_origin")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._hash = hash((self.info, self.signature))
+        # loaded from the graph cache: the inner function's key derives from this
+        self._cache_origin = graph_cache.origin()
 
     def __str__(self):
         return f"Scan{{{self.info.name}}}"

@@ -82,9 +82,13 @@ class InnerFunction:
     read ``out_cells``: no argument checking or conversion per call, so a loop pays only
     for the graph itself."""
 
-    def __init__(self, inputs, outputs, mode):
+    def __init__(self, inputs, outputs, mode, cache_name=None):
+        from graphc.compile import graph_cache
         from graphc.compile.function import function
-        self.fn = function(list(inputs), list(outputs), mode=mode, on_unused_input="ignore")
+        # cache_name: what stands for the graph in its graph-cache key (graph_cache.derived)
+        with graph_cache.derived(cache_name):
+            self.fn = function(list(inputs), list(outputs), mode=mode,
+                               on_unused_input="ignore")
         self.in_cells: List[list] = self.fn._in_cells
         self.out_cells: List[list] = self.fn._out_cells
         self.run = self.fn._run
@@ -101,11 +105,15 @@ class InnerFunction:
 
 
 def compiled(op, key, inputs, outputs, mode):
-    """The InnerFunction of ``op`` for ``key``, compiled on first use and kept on the op."""
+    """The InnerFunction of ``op`` for ``key``, compiled on first use and kept on the op.
+    ``inputs``/``outputs``: the op's own inner graph for ``key``, so that an op loaded from
+    the graph cache (graph_cache.origin) names it by where it came from and ``key``."""
     cache = op.__dict__.setdefault("_compiled", {})
     fn = cache.get(key)
     if fn is None:
-        fn = cache[key] = InnerFunction(inputs, outputs, mode)
+        origin = op.__dict__.get("_cache_origin")
+        fn = cache[key] = InnerFunction(inputs, outputs, mode,
+                                        None if origin is None else (*origin, key))
     return fn
 
 

@@ -159,8 +159,15 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _numpy_cblas: dict = {}
 
 
+_blas_paths: list = []                   # _numpy_blas_libs' answer, once found
+
+
 def _numpy_blas_libs():
-    """Paths of the loaded shared libraries that look like numpy's BLAS."""
+    """Paths of the loaded shared libraries that look like numpy's BLAS (found once: the gemm
+    and thread-count lookups both ask, and reading /proc/self/maps costs ~1 ms in a process
+    that has loaded its kernels' libraries)."""
+    if _blas_paths:
+        return list(_blas_paths)
     import numpy
     pkg = os.path.dirname(os.path.abspath(numpy.__file__))
     roots = (pkg + os.sep, pkg + ".libs" + os.sep)     # the wheel's bundled libraries
@@ -174,6 +181,7 @@ def _numpy_blas_libs():
                     paths.append(path)
     except OSError:
         pass
+    _blas_paths.extend(paths)
     return paths
 
 

@@ -395,9 +395,10 @@ def linked(key: str) -> bool:
     return os.path.exists(_so_path(key))
 
 
-def _load_shared(key: str, name: str):
+def _load_shared(key: str, name: str, count: bool = True):
     """The address of ``name`` from the linked library of ``key``, or None (no such entry, a
-    damaged one, or one that does not load here)."""
+    damaged one, or one that does not load here). ``count=False``: a damaged entry is not
+    counted (ahead.py's loader leaves it to load_function, which counts and rebuilds it)."""
     import ctypes
     path = _so_path(key)
     try:
@@ -406,7 +407,8 @@ def _load_shared(key: str, name: str):
     except OSError:
         return None
     if _unpack(_SO_MAGIC, blob, trailer=True) is None:
-        stats["rebuilt_corrupt"] += 1
+        if count:
+            stats["rebuilt_corrupt"] += 1
         return None
     try:
         lib = ctypes.CDLL(path)
@@ -501,13 +503,16 @@ def cache_info() -> dict:
 
 def clear_cache() -> None:
     """Remove every cache entry (and temporaries left by killed writers) from the directory,
-    the optimized graphs of graphc/compile/graph_cache.py (``.graph``) included.
+    the optimized graphs of graphc/compile/graph_cache.py (``.graph``) and the lists of
+    backend/llvm/ahead.py (``.uses``) included.
 
     Functions already loaded into this process stay loaded (their addresses are in use).
     """
     d = compiledir()
     with _lock:                             # objects of this directory not linked yet
         _pending[:] = [job for job in _pending if job[0] != d]
+    from . import ahead
+    ahead.forget()
     try:
         names = os.listdir(d)
     except OSError:
@@ -516,7 +521,7 @@ def clear_cache() -> None:
         path = os.path.join(d, name)
         if name.startswith(".tmp-link-"):
             shutil.rmtree(path, ignore_errors=True)
-        elif name.endswith((".o", ".so", ".ok", ".part", ".graph")) or (
+        elif name.endswith((".o", ".so", ".ok", ".part", ".graph", ".uses")) or (
                 name.startswith("host-") and name.endswith(".json")):
             try:
                 os.unlink(path)

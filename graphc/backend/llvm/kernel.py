@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..kernel_spec import KernelSpec
-from . import jit, pycall, spinpool
+from . import ahead, jit, pycall, spinpool
 from .codegen import (DATA_OFFSET, Variant, accumulator_dtype, build_ir, check_renders,
                       reduce_identity, vector_epilogue)
 from .scalar import DTYPES
@@ -207,6 +207,9 @@ class Kernel:
         if not jit.is_marked(renders):
             check_renders(spec)
             jit.mark(renders)
+        # the variants earlier processes used load on a background thread meanwhile
+        self._uses = jit.cache_key(self._spec_text, "uses")
+        ahead.load_ahead(self._uses)
 
     def _build_ir(self, variant):
         jit.stats["ir_built"] += 1
@@ -267,6 +270,7 @@ class Kernel:
                     addr = jit.load_function(key, lambda: self._build_ir(variant), self.debug,
                                              title=repr(variant),
                                              epilogue=vector_epilogue(self.spec, variant))
+                    ahead.remember(self._uses, key)
                     # c_void_p converts Python ints ~3x faster than c_int64 (1.3 vs 4 us for
                     # a 7-argument call, measured); the ABI is the same on x86-64.
                     proto = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * (4 + len(variant.inner)))
