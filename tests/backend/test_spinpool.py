@@ -195,3 +195,17 @@ def test_two_ways_warm_up_then_faster_way():
     for _ in range(20):
         w.record(True, 5.0)
     assert sum(w.split() for _ in range(10)) <= 1
+
+
+def test_two_ways_outlier_does_not_flip():
+    """One very slow sample of the faster way (a descheduled worker) does not make the
+    slower way run; a lasting slowdown does, within a few samples."""
+    from graphc.backend.llvm.spinpool import TwoWays
+    w = TwoWays()
+    w.force(True)
+    w.cost = [2.0, 1.0]
+    w.record(True, 1000.0)
+    assert w.cost[1] < w.cost[0] and w.split() is True
+    for _ in range(6):
+        w.record(True, 5.0)
+    assert w.cost[1] > w.cost[0]

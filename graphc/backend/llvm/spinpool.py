@@ -403,7 +403,11 @@ class TwoWays:
         if n < self.WARM:
             self.cost[i] = seconds if not n else min(c, seconds)
         else:
-            self.cost[i] = c + self.SMOOTH * (seconds - c)
+            # one sample counts at most as twice the average: a worker descheduled for a time
+            # slice once (milliseconds against a 130 us product) would otherwise tip the
+            # average over the other way's, and the loop would run the slower way until
+            # several explorations had brought it back (the LSTM step: 44 -> ~60 ms calls)
+            self.cost[i] = c + self.SMOOTH * (min(seconds, 2.0 * c) - c)
 
     def force(self, split: bool) -> None:
         """Run the given way from now on, until the other is explored (tests)."""
