@@ -21,13 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_llvm_kernels import AXPY, REPO  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compiledir(tmp_path_factory):
-    """Hermetic cache: every kernel of this module is compiled into a fresh directory."""
-    old = jit._compiledir_override
-    gl.set_compiledir(tmp_path_factory.mktemp("graphc-cache"))
-    yield
-    gl.set_compiledir(old)
+pytestmark = pytest.mark.usefixtures("hermetic_compiledir")   # see conftest.py
 
 
 # ------------------------------------------------------------------------ cache, debug, overhead

@@ -16,7 +16,7 @@ import scipy.special as sps
 
 from graphc.backend.kernel_spec import COMPARISONS, DTYPES, SCALAR_OPS, KernelSpec
 from graphc.backend import llvm as gl
-from graphc.backend.llvm import jit
+
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLOATS = ("float32", "float64")
@@ -26,13 +26,7 @@ FLOAT_ONLY = {"exp", "log", "log1p", "expm1", "sqrt", "tanh", "sin", "cos", "erf
 BITWISE = {"and", "or", "xor", "invert"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compiledir(tmp_path_factory):
-    """Hermetic cache: every kernel of this module is compiled into a fresh directory."""
-    old = jit._compiledir_override
-    gl.set_compiledir(tmp_path_factory.mktemp("graphc-cache"))
-    yield
-    gl.set_compiledir(old)
+pytestmark = pytest.mark.usefixtures("hermetic_compiledir")   # see conftest.py
 
 
 # ------------------------------------------------------------------------ reference

@@ -14,7 +14,7 @@ import scipy.special as sps
 
 from graphc.backend import llvm as gl
 from graphc.backend.kernel_spec import KernelSpec
-from graphc.backend.llvm import jit
+
 
 F = "float32"
 TINY = np.finfo(np.float32).tiny
@@ -26,12 +26,7 @@ MAX_ULP = {"exp": 2, "sigmoid": 3, "softplus": 4, "tanh": 6, "erf": 4, "log": 2,
            "expm1": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compiledir(tmp_path_factory):
-    old = jit._compiledir_override
-    gl.set_compiledir(tmp_path_factory.mktemp("graphc-cache"))
-    yield
-    gl.set_compiledir(old)
+pytestmark = pytest.mark.usefixtures("hermetic_compiledir")   # see conftest.py
 
 
 def run(op, x, dtype=F):
