@@ -59,6 +59,31 @@ VOID = ir.VoidType()
 
 
 
+def splat(b: ir.IRBuilder, v, lanes: int):
+    """The scalar ``v`` in every one of ``lanes`` lanes of a vector (one insert, one
+    shuffle: the code generator emits a broadcast)."""
+    vt = ir.VectorType(v.type, lanes)
+    one = b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(ir.IntType(32), 0))
+    return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                            ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
+def if_then_values(b: ir.IRBuilder, cond, values, body):
+    """``body()`` (new values for ``values``) where ``cond`` holds, else ``values``
+    unchanged: the merged values (one phi each)."""
+    before = b.block
+    with b.if_then(cond):
+        new = body()
+        then = b.block
+    merged = []
+    for v, w in zip(values, new):
+        phi = b.phi(v.type)
+        phi.add_incoming(v, before)
+        phi.add_incoming(w, then)
+        merged.append(phi)
+    return merged
+
+
 def emit_for(b: ir.IRBuilder, lo, hi, step, carried, body, loop_id=None):
     """Emit ``for i in range(lo, hi, step): carried = body(i, carried)`` at ``b``'s position
     (``step`` an i64 value); return the carried values after the loop. ``loop_id``: llvm.loop

@@ -25,7 +25,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from . import jit
-from .codegen import _DistinctMD, emit_for
+from .codegen import _DistinctMD, emit_for, if_then_values, splat
 
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
@@ -257,13 +257,6 @@ def _runs(b, m, lanes, body, carried=()):
     return _loop(b, ir.Constant(I64, 0), count, 1, run, carried)
 
 
-def _splat(b, v, lanes):
-    vt = ir.VectorType(v.type, lanes)
-    one = b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(ir.IntType(32), 0))
-    return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
-                            ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
-
-
 def _fma(b, acc, x, y):
     # contract: one fused multiply-add, as BLAS computes the product
     return b.fadd(acc, b.fmul(x, y, flags=("contract",)), flags=("contract",))
@@ -306,7 +299,7 @@ def direct_ir(dtype: str) -> str:
                     v = _load(b, b.gep(src, [add(row, mul(j, m["dw"]))], source_etype=et),
                               et, lanes)
                     wrow = b.gep(wt, [add(mul(add(k0, j), m["O"]), o0)], source_etype=et)
-                    return [_fma(b, acc, _splat(b, b.load(b.gep(wrow, [ir.Constant(I64, o)],
+                    return [_fma(b, acc, splat(b, b.load(b.gep(wrow, [ir.Constant(I64, o)],
                                                                 source_etype=et), typ=et),
                                                 lanes), v)
                             for o, acc in enumerate(accs)]
@@ -376,19 +369,10 @@ def direct_gw_ir(dtype: str) -> str:
                     return new
                 accs = _loop(b, zero, wide, lanes, lambda x, *a: run(x, a), accs)
                 # the last, overlapping run: its first wide - last lanes were counted
-                entry = b.block
-                with b.if_then(b.icmp_signed("<", wide, m["ow"])):
-                    shift = _splat(b, b.trunc(b.sub(wide, last), ir.IntType(32)), lanes)
-                    fresh = b.icmp_signed(">=", iota, shift)
-                    tail = run(last, accs, fresh)
-                    tail_end = b.block
-                merged = []
-                for a, t in zip(accs, tail):
-                    phi = b.phi(vt)
-                    phi.add_incoming(a, entry)
-                    phi.add_incoming(t, tail_end)
-                    merged.append(phi)
-                return merged
+                def tail():
+                    shift = splat(b, b.trunc(b.sub(wide, last), ir.IntType(32)), lanes)
+                    return run(last, accs, b.icmp_signed(">=", iota, shift))
+                return if_then_values(b, b.icmp_signed("<", wide, m["ow"]), accs, tail)
             return _loop(b, zero, m["oh"], 1, out_row, accs)
         sums = _loop(b, zero, m["n"], 1, image, [ir.Constant(vt, [0.0] * lanes)] * (ot * kt))
         for o in range(ot):

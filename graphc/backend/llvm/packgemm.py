@@ -47,7 +47,7 @@ from llvmlite import ir
 from graphc.tensor.packed import PANEL
 
 from . import jit
-from .codegen import DATA_OFFSET, emit_for
+from .codegen import DATA_OFFSET, emit_for, if_then_values, splat
 from .kernel import PYOBJ
 from .spinpool import TwoWays, get_pool, prefetch, ready, usable
 
@@ -61,12 +61,6 @@ assert NR == 2 * LANES
 MR = 4                     # rows per register block (8 accumulators; 6 rows ran no faster)
 VEC = ir.VectorType(F32, LANES)
 _GEMM_ARGS = [I64, I64, I64, I64, PTR, I64, PTR, PTR, I64, I64, PTR, I64, PTR, I64]
-
-
-def _splat(b, v, ty=VEC):
-    one = b.insert_element(ir.Constant(ty, ir.Undefined), v, ir.Constant(I32, 0))
-    return b.shuffle_vector(one, ir.Constant(ty, ir.Undefined),
-                            ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
 
 
 def _c(v):
@@ -92,19 +86,10 @@ def _gemm_function(mod, name):
 
     def plus(cond, vals, ptr, masks):
         """vals + the 16 floats at ptr (masked to the panel's columns) where ``cond``."""
-        pre = b.block
-        with b.if_then(cond):
-            new = [b.fadd(v, b.call(mload, [b.gep(ptr, [_c(h * LANES)], source_etype=F32),
-                                            ir.Constant(I32, 4), masks[h], zero]))
-                   for h, v in enumerate(vals)]
-            then = b.block
-        out = []
-        for v, w in zip(vals, new):
-            phi = b.phi(VEC)
-            phi.add_incoming(v, pre)
-            phi.add_incoming(w, then)
-            out.append(phi)
-        return out
+        return if_then_values(b, cond, vals, lambda: [
+            b.fadd(v, b.call(mload, [b.gep(ptr, [_c(h * LANES)], source_etype=F32),
+                                     ir.Constant(I32, 4), masks[h], zero]))
+            for h, v in enumerate(vals)])
 
     def block(bpan, col0, masks, i0):
         """C[i0:i0+MR, panel] = A[i0:i0+MR] @ panel (+ e1 + e2), rows past M computed
@@ -132,7 +117,7 @@ def _gemm_function(mod, name):
             b1 = b.load(b.gep(bk, [_c(LANES)], source_etype=F32), typ=VEC, align=4)
             out = []
             for r in range(MR):
-                x = _splat(b, b.load(b.gep(a_rows[r], [kk], source_etype=F32), typ=F32))
+                x = splat(b, b.load(b.gep(a_rows[r], [kk], source_etype=F32), typ=F32), LANES)
                 out += [b.call(fma, [x, b0, accs[2 * r]]), b.call(fma, [x, b1, accs[2 * r + 1]])]
             return out
         accs = emit_for(b, _c(0), k, _c(1), [zero] * (2 * MR), kstep)
@@ -160,9 +145,8 @@ def _gemm_function(mod, name):
         # one vector compare (i64 lanes took a dozen packing instructions per use)
         cols = b.sub(n, col0)
         cols = b.trunc(b.select(b.icmp_signed("<", cols, _c(NR)), cols, _c(NR)), I32)
-        ivec = ir.VectorType(I32, LANES)
-        masks = [b.icmp_signed("<", lanes, _splat(b, b.sub(cols, ir.Constant(I32, h * LANES)),
-                                                  ivec)) for h in range(2)]
+        masks = [b.icmp_signed("<", lanes, splat(b, b.sub(cols, ir.Constant(I32, h * LANES)),
+                                                 LANES)) for h in range(2)]
         emit_for(b, _c(0), m, _c(MR), [], lambda i0, _: block(bpan, col0, masks, i0) or [])
         return []
     emit_for(b, p0, p1, _c(1), [], panel)

@@ -29,7 +29,7 @@ from llvmlite import ir
 from graphc.tensor.packed import PANEL
 
 from . import jit
-from .codegen import emit_for
+from .codegen import emit_for, splat
 from .packgemm import _data
 
 F32 = ir.FloatType()
@@ -45,11 +45,6 @@ MASK = ir.VectorType(ir.IntType(1), LANES)
 
 def _c(v):
     return ir.Constant(I64, v)
-
-
-def _splat(b, v, ty):
-    one = b.insert_element(ir.Constant(ty, ir.Undefined), v, ir.Constant(I32, 0))
-    return b.shuffle_vector(one, ir.Constant(ty, ir.Undefined), ir.Constant(IVEC, [0] * LANES))
 
 
 def _shuffle(b, x, y, idx):
@@ -90,7 +85,7 @@ def _pack_function(mod, name):
     def below(left):
         """lanes < left (an i64, any sign)."""
         left = b.select(b.icmp_signed("<", left, _c(LANES)), left, _c(LANES))
-        return b.icmp_signed("<", lanes, _splat(b, b.trunc(left, I32), IVEC))
+        return b.icmp_signed("<", lanes, splat(b, b.trunc(left, I32), LANES))
 
     def load(ptr, mask):
         return b.call(mload, [ptr, ir.Constant(I32, 4), mask, zero])
@@ -119,7 +114,7 @@ def _pack_function(mod, name):
             r = b.add(b.add(b.mul(p, _c(PANEL)), b.mul(h, _c(LANES))), _c(j))
             valid = b.icmp_signed("<", r, n)
             r = b.select(valid, r, _c(0))        # no address past w for a padding row
-            mask = b.and_(kmask, _splat(b, valid, MASK))
+            mask = b.and_(kmask, splat(b, valid, LANES))
             rows.append(load(at(w, b.add(b.mul(r, ldw), k0)), mask))
         for c, col in enumerate(_transpose8(b, rows)):
             kk = b.add(k0, _c(c))

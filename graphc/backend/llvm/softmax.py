@@ -28,7 +28,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from . import jit
-from .codegen import DATA_OFFSET, emit_for
+from .codegen import DATA_OFFSET, emit_for, splat
 from .vmath import LN2_HI, LN2_LO, LOG2E, MathBuilder, log_f32
 
 F32 = ir.FloatType()
@@ -137,13 +137,6 @@ def _at(b, base, j):
     return b.gep(base, [j], source_etype=F32)
 
 
-def _splat(b, v):
-    """The float32 scalar ``v`` in all lanes of a vector."""
-    one = b.insert_element(ir.Constant(VEC, ir.Undefined), v, ir.Constant(I32, 0))
-    return b.shuffle_vector(one, ir.Constant(VEC, ir.Undefined),
-                            ir.Constant(ir.VectorType(I32, LANES), [0] * LANES))
-
-
 def softmax_rows_ir(bias: bool, grad: bool, label_bits: int, pyobj: bool) -> str:
     mod = ir.Module()
     args = [I64, I64, I64, PTR, I64, PTR, PTR, I64, PTR, PTR, PTR, I64]
@@ -174,7 +167,7 @@ def softmax_rows_ir(bias: bool, grad: bool, label_bits: int, pyobj: bool) -> str
 
         top = _row_loop(b, k, lambda L, j, acc: L.max(acc, z(L, j)), float("-inf"),
                         lambda L, u, v: L.max(u, v))
-        shift = {True: _splat(b, top), False: top}
+        shift = {True: splat(b, top, LANES), False: top}
 
         def exp_sum(lanes, j, acc):
             e = lanes.exp_nonpositive(b.fsub(z(lanes, j), shift[lanes.vec]))
@@ -186,7 +179,7 @@ def softmax_rows_ir(bias: bool, grad: bool, label_bits: int, pyobj: bool) -> str
         s = _row_loop(b, k, exp_sum, 0.0, lambda L, u, v: b.fadd(u, v), unroll=1)
         d = b.load(_at(b, dnll, b.mul(i, sdnll)), typ=F32) if grad else ir.Constant(F32, 1.0)
         r = b.fdiv(d, s)
-        factor = {True: _splat(b, r), False: r}
+        factor = {True: splat(b, r, LANES), False: r}
 
         def scale(lanes, j, acc):           # no reduction: the accumulators stay unused
             p = _at(b, outr, j)
