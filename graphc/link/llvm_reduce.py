@@ -10,6 +10,8 @@ a short row in order (exact on the reference tests' cancellation cases, 1e30 - 1
 where the kernel's reassociated adds lose the 0.5)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from graphc.link.llvm import STEP_MAKERS, _Buffers
@@ -50,7 +52,7 @@ def _sum_step(node, ins, outs, reuse):
     def step():
         v = ins[0][0]
         if v.__class__ is not np.ndarray or v.dtype != np_dtype or v.ndim != ndim or \
-                np.prod([v.shape[d] for d in trailing]) < MIN_RUN:
+                math.prod([v.shape[d] for d in trailing]) < MIN_RUN:
             # short rows; numpy scalars, bad input: its errors (its warnings silenced, as
             # functions silence them around numpy performs)
             with np.errstate(all="ignore"):

@@ -58,7 +58,6 @@ PTR = ir.PointerType()
 VOID = ir.VoidType()
 
 
-
 def splat(b: ir.IRBuilder, v, lanes: int):
     """The scalar ``v`` in every one of ``lanes`` lanes of a vector (one insert, one
     shuffle: the code generator emits a broadcast)."""

@@ -47,8 +47,8 @@ from llvmlite import ir
 from graphc.tensor.packed import PANEL
 
 from . import jit
-from .codegen import DATA_OFFSET, emit_for, if_then_values, splat
-from .kernel import PYOBJ
+from .codegen import emit_for, if_then_values, splat
+from .kernel import data_pointer
 from .spinpool import TwoWays, get_pool, prefetch, ready, usable
 
 F32 = ir.FloatType()
@@ -226,15 +226,6 @@ def _row_major(a):
         and a.strides[0] >= 0
 
 
-_word = ctypes.c_void_p.from_address
-
-
-def _data(x) -> int:
-    """x's data pointer, read from the ndarray object where its layout is known
-    (kernel.PYOBJ): x.ctypes.data took ~1-3 us, and a step's product needs three to five."""
-    return _word(id(x) + DATA_OFFSET).value if PYOBJ else x.ctypes.data
-
-
 class PackedProduct:
     """``out[...] = a @ B (+ e1 (+ e2))`` for float32 ``a`` (M, K), B given packed
     (pack_weights) and up to two float32 addends of shape (M, N) or (1, N), on one thread or
@@ -271,9 +262,9 @@ class PackedProduct:
             if not _row_major(e):
                 e = np.ascontiguousarray(e)
                 kept.append(e)
-            ext[2 * j] = _data(e)
+            ext[2 * j] = data_pointer(e)
             ext[2 * j + 1] = e.strides[0] // 4 if e.shape[0] > 1 else 0
-        args = (m, k, _data(a), lda, _data(bp), _data(out), ldc, n, *ext)
+        args = (m, k, data_pointer(a), lda, data_pointer(bp), data_pointer(out), ldc, n, *ext)
         t = min(threads, panels // self.MIN_PANELS_PER_THREAD)
         if t < 2 or not usable(1):
             _load(False)(0, panels, *args)

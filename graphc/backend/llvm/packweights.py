@@ -30,7 +30,7 @@ from graphc.tensor.packed import PANEL
 
 from . import jit
 from .codegen import emit_for, splat
-from .packgemm import _data
+from .kernel import data_pointer
 
 F32 = ir.FloatType()
 I32 = ir.IntType(32)
@@ -198,5 +198,5 @@ def pack_into(w: np.ndarray, trans: bool, out: np.ndarray, fn) -> np.ndarray:
         w = np.ascontiguousarray(w)
     k, n = w.shape[::-1] if trans else w.shape
     if out.size:
-        fn(int(trans), _data(w), w.strides[0] // 4, k, n, _data(out))
+        fn(int(trans), data_pointer(w), w.strides[0] // 4, k, n, data_pointer(out))
     return out
