@@ -77,6 +77,9 @@ FLAGS = [
          "(inputs and intermediates): ignore, warn, raise.",
          choices=("ignore", "warn", "raise")),
     Flag("openmp", True, "Use several threads in native kernels.", parse=_bool),
+    Flag("scan_native", True, "Run the steps of a loop whose every node maps batch rows to rows "
+         "natively, each thread on its own rows (graphc/scan_module/native.py); False: "
+         "every step through the Python loop.", parse=_bool),
     Flag("graph_cache", True, "Keep optimized graphs in the compile dir, so that a later "
          "process compiling the same graph skips the rewrite passes "
          "(graphc/compile/graph_cache.py).", parse=_bool),

@@ -5,11 +5,11 @@ it is generated once per structure as straight-line Python (no inner loops over 
 inputs), which halves the per-step cost of the interpreter.  For a Scan with one sequence
 and one state of taps (-1,) the generated function reads::
 
-    def loop(n, run, seq0, in_seq0, buf0, out_st0, shape0, in_tap0_0):
-        t = 0
-        in_tap0_0[0] = buf0[0, ...]
+    def loop(n, run, seq0, in_seq0, buf0, out_st0, shape0, in_tap0_0, t0=0):
+        t = t0
+        in_tap0_0[0] = buf0[t0 + 0, ...]
         try:
-            for t in range(n):
+            for t in range(t0, n):
                 in_seq0[0] = seq0[t, ...]
                 run()
                 v = out_st0[0]
@@ -22,7 +22,9 @@ and one state of taps (-1,) the generated function reads::
             raise
         return n
 
-(a vector state: tap -1 gets the array the previous step returned).
+(a vector state: tap -1 gets the array the previous step returned). ``t0`` > 0 runs steps
+t0 .. n-1 of a loop whose earlier steps already ran (scan_module/native.py runs the first
+steps here and the rest natively, or here again when it cannot).
 ``in_*`` are the inner function's input cells, ``out_*`` its output cells, ``buf*`` the
 state buffers (init first), ``fin*`` final-value holders, ``nit*`` per-step output holders.
 """
@@ -109,7 +111,7 @@ def _generate(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while, l
     # instead of indexing the buffer (0-d values may be numpy scalars: those are indexed)
     handoff = {(k, i) for k, taps in enumerate(state_taps) for i, tau in enumerate(taps)
                if tau == -1 and state_ndims[k] > 0}
-    start = [f"in_tap{k}_{i}[0] = buf{k}[{lags[k] - 1}, ...]" for k, i in sorted(handoff)]
+    start = [f"in_tap{k}_{i}[0] = buf{k}[t0 + {lags[k] - 1}, ...]" for k, i in sorted(handoff)]
     body = []
     for j in range(n_seqs):
         body.append(f"in_seq{j}[0] = seq{j}[t, ...]")     # '...': 0-d slices stay arrays
@@ -154,9 +156,9 @@ def _generate(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while, l
             body.append(f"nit{j}.store(t, out_nit{j}[0], {j})")
     if as_while:
         body += ["if cond[0]:", "    return t + 1"]
-    src = [f"def loop(n, run, {', '.join(args)}):", "    t = 0"]
+    src = [f"def loop(n, run, {', '.join(args)}, t0=0):", "    t = t0"]
     src += ["    " + line for line in start]
-    src += ["    try:", "        for t in range(n):"]
+    src += ["    try:", "        for t in range(t0, n):"]
     src += ["            " + line for line in body]
     src += ["    except Exception as e:", "        e.scan_step = t", "        raise",
             "    return n"]

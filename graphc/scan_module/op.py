@@ -33,6 +33,7 @@ import numpy as np
 from graphc.compile import graph_cache
 from graphc.graph.basic import Apply, Constant, Op
 from graphc.scan_module.loop import PerStep, StepShapeError, make_loop
+from graphc.scan_module import native
 from graphc.scan_module.utils import (compiled, graph_signature, infer_inner_shapes,
                                       resolve_mode)
 from graphc.tensor.elemwise import describe_values, shape_error
@@ -251,7 +252,11 @@ class Scan(Op):
         from graphc.backend.llvm.blas import in_step_loop
         try:
             with np.errstate(all="ignore"), in_step_loop():
-                n_done = loop(n, fn.run, *args)
+                if native.wanted(fn, n, info.as_while):
+                    n_done = self._native_loop(fn, loop, n, args, bufs, lend, nits, lend_nit,
+                                               finals, lend_fin)
+                else:
+                    n_done = loop(n, fn.run, *args)
         except Exception as e:
             raise self._step_error(node, e) from None
         finally:
@@ -272,6 +277,23 @@ class Scan(Op):
             output_storage[base + j][0] = buf[:n_done] if n_done < n else buf
         if info.as_while:
             output_storage[-1][0] = np.asarray(n_done, dtype=np.int64)
+
+    def _native_loop(self, fn, loop, n, args, bufs, lend, nits, lend_nit, finals, lend_fin):
+        """The first steps in Python, the others natively by rows when they fit
+        (scan_module/native.py), else in Python too."""
+        from graphc.backend.llvm.kernel import num_threads
+        rec = native.Recorder(fn)
+        loop(native.RECORD, rec, *args)
+        threads = num_threads()
+        prog = native.build(rec, list(zip(bufs, self.info.lags, lend)),
+                            list(zip(nits, lend_nit)), list(zip(finals, lend_fin)), threads)
+        if prog is None:
+            native.stats["python"] += 1
+            return loop(n, fn.run, *args, t0=native.RECORD)
+        native.stats["native"] += 1
+        prog.run(native.RECORD, n, threads)
+        prog.finish(finals, native.RECORD, n)
+        return n
 
     def _step_error(self, node, e):
         """The exception of a failed step, with the step number and scan name added."""

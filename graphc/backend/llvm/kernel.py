@@ -203,6 +203,7 @@ class Kernel:
         self.in_np = [_NP_DTYPES[d] for d in spec.in_dtypes]
         self.out_np = [_NP_DTYPES[d] for d in spec.out_dtypes]
         self._variants = {}            # Variant -> ctypes function
+        self._later = set()            # variants being compiled in the background
         self._plans = {}               # call signature -> Plan
         self._lock = threading.Lock()
         self.cost = _cost_per_element(spec)
@@ -265,6 +266,38 @@ class Kernel:
                     plan.pending = None
         else:
             plan.run(inputs, outputs)
+
+    def raw_plan(self, inputs, outputs, wait=True):
+        """The one-thread plan for arrays of this signature whose kernel takes data pointers
+        (the array objects' addresses are what PYOBJ plans take): for native callers that
+        compute the addresses themselves (graphc/scan_module/native.py). Call it as
+        ``plan.fn(0, plan.n0, 0, plan.meta_ptr, *pointers)``; a map kernel only.
+        ``wait=False``: None when the kernel would have to be compiled first, which then
+        starts on a background thread (the caller has another way to run meanwhile)."""
+        key = ("raw", *[(a.__class__, a.dtype, a.shape, a.strides) for a in inputs],
+               *[(o.__class__, o.dtype, o.shape, o.strides) for o in outputs])
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._make_plan(key, inputs, outputs, 1, pyobj=False, wait=wait)
+        return plan
+
+    def _available(self, variant: Variant) -> bool:
+        """Compiled in this process, or linked in the persistent cache (no LLVM needed)."""
+        return variant in self._variants or \
+            jit.linked(jit.cache_key(self._spec_text, repr(variant)))
+
+    def _compile_later(self, variant: Variant) -> None:
+        with self._lock:
+            if variant in self._later:
+                return
+            self._later.add(variant)
+
+        def compile_quietly():
+            try:
+                self.compile_variant(variant)
+            except Exception:       # a caller that waits for it reports the error
+                pass
+        threading.Thread(target=compile_quietly, name="graphc-kernel", daemon=True).start()
 
     def compile_variant(self, variant: Variant):
         """The ctypes entry point of ``variant`` (compiled, or loaded from a cache)."""
@@ -329,7 +362,7 @@ class Kernel:
             return "reduce", kept + reduced
         return "accumulate", by_stride(live)
 
-    def _make_plan(self, key, inputs, outputs, nthreads):
+    def _make_plan(self, key, inputs, outputs, nthreads, pyobj=None, wait=True):
         spec = self.spec
         if len(inputs) != len(spec.in_dtypes) or len(outputs) != len(spec.outputs):
             raise ValueError(f"kernel takes {len(spec.in_dtypes)} inputs and "
@@ -395,11 +428,15 @@ class Kernel:
         outer = groups.index(False) if mode == "reduce" and groups[0] and False in groups \
             else 0
         split = groups.index(False) if mode == "accumulate" else outer
+        pyobj = PYOBJ if pyobj is None else pyobj
         variant = Variant(mode, ndim, groups.count(False) if mode == "reduce" else 0,
-                          tuple(inner), PYOBJ, split, outer)
+                          tuple(inner), pyobj, split, outer)
         total = int(np.prod(lshape))
-        if PYOBJ and mode != "accumulate" and total < parallel_min():
+        if pyobj and mode != "accumulate" and total < parallel_min():
             pycall.prefetch()       # this plan will want a builtin: load it meanwhile
+        if not wait and not self._available(variant):
+            self._compile_later(variant)
+            return None
         plan.fn = self.compile_variant(variant)
         plan.meta = np.array(lshape + [x for s in lstrides for x in s], dtype=np.int64)
         plan.meta_ptr = plan.meta.ctypes.data
@@ -438,7 +475,7 @@ class Kernel:
             # pool, one thread or split, whichever has been faster (spinpool.KernelSplit)
             plan.split = spinpool.KernelSplit(ctypes.cast(plan.fn, ctypes.c_void_p).value,
                                               plan.n0, plan.meta_ptr, len(strides), threads)
-        plan.simple = PYOBJ and plan.chunks is None and plan.prefill is None and \
+        plan.simple = pyobj and plan.chunks is None and plan.prefill is None and \
             plan.split is None
         if plan.simple and total < parallel_min():
             # small loops skip ctypes: a builtin that checks the signature and runs the

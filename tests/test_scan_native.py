@@ -1,0 +1,156 @@
+"""Loops whose steps map batch rows to rows run their later steps natively, by rows
+(graphc/scan_module/native.py): the same results as the Python loop, and the Python loop
+wherever a step does not fit."""
+import time
+
+import numpy as np
+import pytest
+
+import graphc as theano
+import graphc.tensor as T
+from graphc.configdefaults import config
+from graphc.scan_module import native
+from graphc.tensor import nnet
+
+
+def _call(f, args, want_native):
+    """f(*args) and the change of native.stats in that call. With a cold compile cache the
+    native steps' code compiles in the background and the first calls run in Python:
+    called again (up to ~30 s) until a call ran ``want_native`` loops natively."""
+    deadline = time.monotonic() + 30
+    while True:
+        before = dict(native.stats)
+        res = f(*args)
+        ran = {k: native.stats[k] - before[k] for k in before}
+        if ran["native"] >= want_native or time.monotonic() > deadline:
+            return [np.asarray(r) for r in (res if isinstance(res, list) else [res])], ran
+        time.sleep(0.05)
+
+
+def _run_both(build, *args, want_native=1):
+    """Outputs with the native steps and with the Python loop only, and how many loops
+    ran which way in the first."""
+    out = {}
+    ran = None
+    for flag in (True, False):
+        old = config.scan_native
+        config.scan_native = flag
+        try:
+            res, r = _call(build(), args, want_native if flag else 0)
+            if flag:
+                ran = r
+            out[flag] = res
+        finally:
+            config.scan_native = old
+    return out[True], out[False], ran
+
+
+def _lstm(batch, hidden, steps, n_in=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = theano.shared(rng.standard_normal((steps, batch, n_in)).astype("float32"), name="x")
+    Wx = theano.shared((rng.standard_normal((n_in, 4 * hidden)) / 3).astype("float32"))
+    Wh = theano.shared((rng.standard_normal((hidden, 4 * hidden)) / 4).astype("float32"))
+    b = theano.shared(rng.uniform(-0.1, 0.1, 4 * hidden).astype("float32"))
+    H = hidden
+
+    def cell(x_t, h, c, Wx, Wh, b):
+        z = T.dot(x_t, Wx) + T.dot(h, Wh) + b
+        i, f = nnet.sigmoid(z[:, :H]), nnet.sigmoid(z[:, H:2 * H])
+        g, o = T.tanh(z[:, 2 * H:3 * H]), nnet.sigmoid(z[:, 3 * H:])
+        c = f * c + i * g
+        return o * T.tanh(c), c
+    h0 = T.zeros((batch, H), dtype="float32")
+    (hs, cs), _ = theano.scan(cell, sequences=x, outputs_info=[h0, h0],
+                              non_sequences=[Wx, Wh, b])
+    loss = (hs[-1] * hs[-1]).sum() + cs.mean()
+    params = [Wx, Wh, b]
+    return lambda: theano.function([], [loss, hs] + theano.grad(loss, params))
+
+
+@pytest.mark.parametrize("steps", [9, 12, 13])
+@pytest.mark.parametrize("batch", [8, 12, 32])
+def test_lstm_forward_and_gradient_loops_run_natively(batch, steps):
+    got, ref, ran = _run_both(_lstm(batch, 16, steps), want_native=2)
+    assert ran == {"native": 2, "python": 0}         # the forward loop and its gradient's
+    for g, r in zip(got, ref):
+        # the same kernels in the same order of operations: the same numbers
+        np.testing.assert_array_equal(g, r)
+
+
+def test_lstm_matches_numpy():
+    batch, H, steps, n_in = 8, 16, 11, 8
+    f = _lstm(batch, H, steps, n_in, seed=3)()
+    loss, hs = _call(f, (), 2)[0][:2]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((steps, batch, n_in)).astype("float32")
+    Wx = (rng.standard_normal((n_in, 4 * H)) / 3).astype("float32")
+    Wh = (rng.standard_normal((H, 4 * H)) / 4).astype("float32")
+    b = rng.uniform(-0.1, 0.1, 4 * H).astype("float32")
+    h = np.zeros((batch, H)); c = np.zeros((batch, H)); want = []
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    for t in range(steps):
+        z = x[t] @ Wx + h @ Wh + b
+        c = sig(z[:, H:2 * H]) * c + sig(z[:, :H]) * np.tanh(z[:, 2 * H:3 * H])
+        h = sig(z[:, 3 * H:]) * np.tanh(c)
+        want.append(h)
+    np.testing.assert_allclose(hs, np.array(want), rtol=2e-5, atol=2e-6)
+
+
+def _elementwise_rnn(n, batch=8, width=5, shrink=False):
+    rng = np.random.default_rng(1)
+    x = T.tensor3("x")
+    a = theano.shared(rng.uniform(0.5, 1.0, width).astype(config.floatX), name="a")
+
+    def step(x_t, h, a):
+        new = T.tanh(h * a + x_t[:, :width])     # a broadcast row and a view of x_t
+        if shrink:                                 # mixes rows: cannot run by rows
+            new = new - new.mean(axis=0)
+        return new
+    h0 = T.zeros((batch, width), dtype=config.floatX)
+    hs, _ = theano.scan(step, sequences=x, outputs_info=h0, non_sequences=a)
+    cost = (hs[-1] ** 2).sum()
+    xv = rng.standard_normal((n, batch, width + 2)).astype(config.floatX)
+    return (lambda: theano.function([x], [hs, theano.grad(cost, a)])), xv
+
+
+@pytest.mark.parametrize("n", [3, 9, 10, 11])
+def test_elementwise_loop(n):
+    build, xv = _elementwise_rnn(n)
+    got, ref, ran = _run_both(build, xv, want_native=int(n >= native.MIN_STEPS))
+    for g, r in zip(got, ref):
+        np.testing.assert_array_equal(g, r)
+    if n < native.MIN_STEPS:
+        assert ran == {"native": 0, "python": 0}
+    else:
+        assert ran["native"] >= 1
+
+
+def test_a_step_that_mixes_rows_runs_in_python():
+    build, xv = _elementwise_rnn(12, shrink=True)
+    got, ref, ran = _run_both(build, xv, want_native=0)
+    assert ran["native"] == 0
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-6)
+
+
+def test_series():
+    assert native._series([5, 5, 5, 5]) == (5, 0, 0)
+    assert native._series([10, 20, 30, 40]) == (0, 10, 0)
+    assert native._series([7, 9, 7, 9]) == (9, 0, -2)
+    for t, p in zip(range(1, 5), [7, 9, 7, 9]):
+        a, b, c = native._series([7, 9, 7, 9])
+        assert a + t * b + (t & 1) * c == p
+    assert native._series([1, 2, 4, 8]) is None
+    assert native._series([1, 2, 1, 3]) is None
+
+
+def test_flag_off_means_python_loop():
+    build, xv = _elementwise_rnn(12)
+    old = config.scan_native
+    config.scan_native = False
+    try:
+        before = dict(native.stats)
+        build()(xv)
+        assert native.stats == before
+    finally:
+        config.scan_native = old
