@@ -12,7 +12,7 @@ thread of the pool runs all remaining steps for its rows, calling the same kerne
 addresses it computes, and the threads meet once, at the end.
 
 How: the Python loop runs the first RECORD steps. After each of them the inner function's
-storage is read (the arrays every node took and made); steps 1-4 show, for every array a
+storage is read (the arrays every node took and made); steps 1-3 show, for every array a
 kernel touches, how its address moves from step to step: fixed (weights, kept buffers), by
 a fixed stride (sequence and state-buffer rows) or alternating between two buffers
 (final-value states). From that, each row slice gets a program: per node, a function
@@ -37,7 +37,8 @@ import numpy as np
 
 from graphc.configdefaults import config
 
-RECORD = 5                  # steps the Python loop runs first; steps 1..4 are compared
+RECORD = 4                  # steps the Python loop runs first; steps 1..3 are compared
+# (step 0 allocates the per-step outputs' buffers: their rows are lent from step 1 on)
 MIN_STEPS = RECORD + 4      # fewer steps: not worth the analysis (~0.3 ms)
 MAX_ARGS = 24               # arguments of one call (a fused kernel: 4 + its operands)
 ROWS_PER_SLICE = 4          # the product's register block: slices start on a multiple
@@ -214,14 +215,17 @@ class Recorder:
 
 
 def _series(ptrs):
-    """(a, b, c) with ptrs[i] == a + t*b + (t & 1)*c for t = 1, 2, 3, 4; None if none fits."""
-    p1, p2, p3, p4 = ptrs
-    if p1 == p2 == p3 == p4:
+    """(a, b, c) with ptrs[i] == a + t*b + (t & 1)*c for t = 1, 2, 3; None if none fits.
+    Three steps tell the patterns apart because build() admits only arrays whose addresses
+    follow one by construction: views of the loop's sequences, state and per-step buffers
+    (strided), the final-value holders (alternating), kept buffers and weights (fixed)."""
+    p1, p2, p3 = ptrs
+    if p1 == p2 == p3:
         return p1, 0, 0
     d = p2 - p1
-    if p3 - p2 == d and p4 - p3 == d:
+    if p3 - p2 == d:
         return p1 - d, d, 0
-    if p1 == p3 and p2 == p4:
+    if p1 == p3:
         return p2, 0, p1 - p2
     return None
 
@@ -333,10 +337,11 @@ def build(rec: Recorder, states, nits, finals, threads):
                 vals[0].strides != f.cur.strides or fgraph.outputs.count(var) != 1 or \
                 any(c != "output" for c, _ in fgraph.clients.get(var, [])):
             return None
-        # step t reads the value of step t - 1 (the holder's ``cur`` after step RECORD - 1
-        # for odd t) and writes the other buffer
+        # step t reads the value of step t - 1 and writes the other buffer: step RECORD
+        # writes the holder's ``other``, the next one its ``cur``, and so on
+        even, odd = (spare[1], spare[0]) if RECORD % 2 == 0 else spare
         redirect[(rec.nodes.index(var.owner), var.owner.outputs.index(var))] = \
-            (spare[0], 0, spare[1] - spare[0])
+            (even, 0, odd - even)
     for j, (p, lent) in enumerate(nits):
         if not lent or p.buf is None:
             return None
