@@ -392,6 +392,8 @@ class Function:
         finally:
             for cell in cells:              # don't keep the caller's arrays alive
                 cell[0] = None
+            if after_call:
+                _after_call()
         if plain:
             r = self._out_cells[0][0]
             if type(r) is np.ndarray:
@@ -417,6 +419,17 @@ class Function:
         if self.single:
             return results[0]
         return results
+
+
+# work to start once a call has returned (the LLVM backend's deferred background compiles,
+# graphc.backend.llvm.jit.in_background): each runs once
+after_call: list = []
+
+
+def _after_call():
+    jobs, after_call[:] = list(after_call), []
+    for job in jobs:
+        job()
 
 
 def _quiet(run):

@@ -31,7 +31,6 @@ results equal the loop's; the fused kernels are taken in their pointer-argument 
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import numpy as np
 
@@ -155,13 +154,7 @@ def _interpreter_ready() -> bool:
         return True
     if not _loading:
         _loading.append(True)
-
-        def load():
-            try:
-                _interpreter()
-            except Exception:       # a later synchronous load reports it
-                _loading.clear()
-        threading.Thread(target=load, name="graphc-scan-native", daemon=True).start()
+        jit.in_background(_interpreter, defer=True)
     return False
 
 
@@ -304,8 +297,11 @@ def build(rec: Recorder, states, nits, finals, threads):
     from graphc.backend.llvm import compile_kernel
     from graphc.backend.llvm.packgemm import _gemm_address
     Fused, PackedDot, Subtensor, Join = _kinds()
-    if len(rec.steps) < RECORD or not _interpreter_ready():
+    if len(rec.steps) < RECORD:
         return None
+    # (on a cold cache the interpreter and the kernels' pointer variants are compiled once
+    # this call has returned; all of them are requested in this call)
+    ready = _interpreter_ready()
     steps = rec.steps[1:RECORD]
     n_st, n_fin = len(states), len(finals)
     # the inner outputs: states first, then finals, then per-step outputs (op.split_outputs)
@@ -372,6 +368,7 @@ def build(rec: Recorder, states, nits, finals, threads):
     bounds = [ROWS_PER_SLICE * round(rows * s / n_slices / ROWS_PER_SLICE)
               for s in range(n_slices)] + [rows]
     calls = [[] for _ in range(n_slices)]           # per slice: (fn, [(a, b, c), ...])
+    not_ready = []
     keep = []
     written, broadcast_reads = [], []
 
@@ -445,7 +442,10 @@ def build(rec: Recorder, states, nits, finals, threads):
                 vin = [a[r0:r1] if r else a for a, r in zip(first_in, role)]
                 vout = [o[r0:r1] for o in first_out]
                 plan = kernel.raw_plan(vin, vout, wait=False)
-                if plan is None or plan.empty or plan.prefill is not None or plan.chunks is not None:
+                if plan is None:            # compiled after this call: look at the rest
+                    not_ready.append(node)
+                    continue
+                if plan.empty or plan.prefill is not None or plan.chunks is not None:
                     raise _NoFit
                 keep.append(plan)
                 args = [(0, 0, 0), (plan.n0, 0, 0), (0, 0, 0), (plan.meta_ptr, 0, 0)]
@@ -455,6 +455,8 @@ def build(rec: Recorder, states, nits, finals, threads):
                     args.append(series_of(o, r0 * o[0].strides[0], (idx, ko)))
                 calls[s].append((ctypes.cast(plan.fn, ctypes.c_void_p).value, args))
     except _NoFit:
+        return None
+    if not ready or not_ready:
         return None
     # no slice may write what every slice reads whole (a broadcast operand)
     for w in written:

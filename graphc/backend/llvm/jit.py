@@ -39,6 +39,7 @@ import atexit
 import hashlib
 import json
 import os
+import queue
 import shutil
 import struct
 import subprocess
@@ -80,8 +81,9 @@ _lock = threading.RLock()                   # guards the engine, the loaded-symb
 def _new_lock_in_child():
     """A child forked while another thread held _lock (e.g. pycall's background prefetch)
     would wait on it forever: the child starts with a free lock."""
-    global _lock
+    global _lock, _later_lock
     _lock = threading.RLock()
+    _later_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -431,6 +433,67 @@ def _schedule_link(key: str, obj: bytes) -> None:
         if not _exit_hook:
             atexit.register(link_pending, EXIT_LINK_LIMIT)
             _exit_hook = True
+
+
+_later = {"pid": None, "queue": None, "deferred": []}   # see in_background
+_later_lock = threading.Lock()              # not _lock: a compile holds that one for long
+BACKGROUND_EXIT_WAIT = 30.0                 # seconds the exit waits for the queue, at most
+
+
+def in_background(target, name: str = "", defer: bool = False) -> None:
+    """Run ``target`` (a compile whose result later calls will use) on this process's
+    background compile thread, one job after the other. ``defer``: only once the graphc
+    function call running now has returned, so that its own compiles do not wait for this
+    one (LLVM compiles one module at a time, under _lock). At interpreter exit the queue is
+    drained (at most BACKGROUND_EXIT_WAIT seconds) and the objects linked into the cache: a
+    process that exits right after a cold first call still leaves the next one a warm
+    cache. (The thread waits on its queue from the start: starting a thread at the end of
+    a call would cost that call the thread's first time slice.)"""
+    with _later_lock:
+        if _later["pid"] != os.getpid():        # first use, or a forked child
+            q = _later["queue"] = queue.Queue()
+            _later["deferred"] = []
+            _later["pid"] = os.getpid()
+            threading.Thread(target=_compile_later_loop, args=(q,), name="graphc-compile",
+                             daemon=True).start()
+            atexit.register(_finish_background)
+        if defer:
+            _later["deferred"].append(target)
+            sys.modules["graphc.compile.function"].after_call.append(start_deferred)
+            return
+        _later["queue"].put(target)
+
+
+def _compile_later_loop(q):
+    while True:
+        target = q.get()
+        try:
+            target()
+        except Exception:           # a caller that needs the result compiles and reports
+            pass
+        finally:
+            q.task_done()
+
+
+def start_deferred() -> None:
+    """Queue the deferred compiles (graphc.compile.function calls this after a call)."""
+    with _later_lock:
+        jobs, _later["deferred"] = _later["deferred"], []
+        q = _later["queue"]
+    for target in jobs:
+        q.put(target)
+
+
+def _finish_background() -> None:
+    import time
+    if _later["pid"] != os.getpid():
+        return
+    start_deferred()
+    q = _later["queue"]
+    deadline = time.monotonic() + BACKGROUND_EXIT_WAIT
+    while q.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.005)
+    link_pending(EXIT_LINK_LIMIT)
 
 
 def link_pending(limit=None) -> None:

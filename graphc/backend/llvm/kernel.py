@@ -292,12 +292,7 @@ class Kernel:
                 return
             self._later.add(variant)
 
-        def compile_quietly():
-            try:
-                self.compile_variant(variant)
-            except Exception:       # a caller that waits for it reports the error
-                pass
-        threading.Thread(target=compile_quietly, name="graphc-kernel", daemon=True).start()
+        jit.in_background(lambda: self.compile_variant(variant), defer=True)
 
     def compile_variant(self, variant: Variant):
         """The ctypes entry point of ``variant`` (compiled, or loaded from a cache)."""
