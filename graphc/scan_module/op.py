@@ -31,9 +31,10 @@ from typing import Tuple
 import numpy as np
 
 from graphc.compile import graph_cache
+from graphc.configdefaults import config
 from graphc.graph.basic import Apply, Constant, Op
-from graphc.scan_module.loop import PerStep, StepShapeError, make_loop
 from graphc.scan_module import native
+from graphc.scan_module.loop import PerStep, StepShapeError, make_loop
 from graphc.scan_module.utils import (compiled, graph_signature, infer_inner_shapes,
                                       resolve_mode)
 from graphc.tensor.elemwise import describe_values, shape_error
@@ -285,8 +286,14 @@ class Scan(Op):
         rec = native.Recorder(fn)
         loop(native.RECORD, rec, *args)
         threads = num_threads()
-        prog = native.build(rec, list(zip(bufs, self.info.lags, lend)),
-                            list(zip(nits, lend_nit)), list(zip(finals, lend_fin)), threads)
+        try:
+            prog = native.build(rec, list(zip(bufs, self.info.lags, lend)),
+                                list(zip(nits, lend_nit)), list(zip(finals, lend_fin)),
+                                threads)
+        except Exception:       # an analysis that failed: the steps it would have sped up
+            if config.debug:    # still run, in Python
+                raise
+            prog = None
         if prog is None:
             native.stats["python"] += 1
             return loop(n, fn.run, *args, t0=native.RECORD)
