@@ -34,6 +34,7 @@ import ctypes
 
 import numpy as np
 
+from graphc.backend.llvm.kernel import data_pointer
 from graphc.configdefaults import config
 
 RECORD = 4                  # steps the Python loop runs first; steps 1..3 are compared
@@ -99,7 +100,8 @@ def _interpreter_ir() -> str:
           "dispatch:",
           "  %n3 = mul i64 %nargs, 3",
           "  %next = add i64 %base, %n3",
-          f"  switch i64 %nargs, label %called [{' '.join(f'i64 {k}, label %c{k}' for k in range(1, MAX_ARGS + 1))}]"]
+          "  switch i64 %nargs, label %called ["
+          + " ".join(f"i64 {k}, label %c{k}" for k in range(1, MAX_ARGS + 1)) + "]"]
     for k in range(1, MAX_ARGS + 1):
         ln.append(f"c{k}:")
         vals = []
@@ -223,15 +225,6 @@ def _series(ptrs):
     return None
 
 
-def _addr(a) -> int:
-    """a's data pointer (kernel.data_pointer, which build() puts here on first use: this
-    module is imported with graphc, the LLVM backend only when a loop runs)."""
-    global _addr
-    from graphc.backend.llvm.kernel import data_pointer
-    _addr = data_pointer
-    return data_pointer(a)
-
-
 def _same_layout(arrays) -> bool:
     a0 = arrays[0]
     return all(isinstance(a, np.ndarray) and a.shape == a0.shape and a.strides == a0.strides
@@ -240,7 +233,7 @@ def _same_layout(arrays) -> bool:
 
 def _bounds(a):
     """[first byte, one past the last byte] that ndarray ``a`` can touch."""
-    lo = hi = _addr(a)
+    lo = hi = data_pointer(a)
     for n, st in zip(a.shape, a.strides):
         if n == 0:
             return lo, lo
@@ -261,10 +254,9 @@ def _inside(part, whole) -> bool:
 class Program:
     """The native steps of one loop call: per row slice, the words the interpreter reads."""
 
-    def __init__(self, words, keep, swaps):
+    def __init__(self, words, keep):
         self.words = [np.ascontiguousarray(w, dtype=np.int64) for w in words]
         self.keep = keep            # views, plans and meta arrays the words point into
-        self.swaps = swaps          # the loop's final-value holders (see finish)
 
     def run(self, t0, t1, threads) -> None:
         from graphc.backend.llvm import spinpool
@@ -311,7 +303,7 @@ def build(rec: Recorder, states, nits, finals, threads):
             return None
         for t, outs in zip(range(1, RECORD), outs_by_step):
             v = outs[k]
-            if not isinstance(v, np.ndarray) or _addr(v) != _addr(buf[t + lag]):
+            if not isinstance(v, np.ndarray) or data_pointer(v) != data_pointer(buf[t + lag]):
                 return None
     # a final-value state that the step does not write in place (its node could not take
     # the holder's spare buffer; the loop copies its array in, e.g. a new one per step):
@@ -320,12 +312,12 @@ def build(rec: Recorder, states, nits, finals, threads):
     redirect = {}
     fgraph = rec.fgraph
     for i, (f, lent) in enumerate(finals):
-        spare = (_addr(f.cur), _addr(f.other))
+        spare = (data_pointer(f.cur), data_pointer(f.other))
         vals = [outs[n_st + i] for outs in outs_by_step]
         if not all(isinstance(v, np.ndarray) for v in vals):
             return None
         if lent:
-            if any(_addr(v) not in spare for v in vals):
+            if any(data_pointer(v) not in spare for v in vals):
                 return None
             continue
         var = fgraph.outputs[n_st + i]
@@ -343,7 +335,7 @@ def build(rec: Recorder, states, nits, finals, threads):
             return None
         for t, outs in zip(range(1, RECORD), outs_by_step):
             v = outs[n_st + n_fin + j]
-            if not isinstance(v, np.ndarray) or _addr(v) != _addr(p.buf[t]):
+            if not isinstance(v, np.ndarray) or data_pointer(v) != data_pointer(p.buf[t]):
                 return None
     # memory that outlives the loop, per recorded step: the rows of the state and per-step
     # buffers and the final-value holders. An array a node writes is either an inner output
@@ -355,7 +347,7 @@ def build(rec: Recorder, states, nits, finals, threads):
     inner_outs = set(fgraph.outputs)
 
     def stable(arrays):
-        if len({_addr(a) for a in arrays}) == 1:
+        if len({data_pointer(a) for a in arrays}) == 1:
             return True
         return all(any(_inside(a, o) for o in outs) for a, outs in zip(arrays, outer))
 
@@ -373,7 +365,7 @@ def build(rec: Recorder, states, nits, finals, threads):
     written, broadcast_reads = [], []
 
     def series_of(arrays, offset=0, key=None):
-        s = redirect.get(key) or _series([_addr(a) for a in arrays])
+        s = redirect.get(key) or _series([data_pointer(a) for a in arrays])
         if s is None:
             raise _NoFit
         return (s[0] + offset, s[1], s[2])
@@ -472,7 +464,7 @@ def build(rec: Recorder, states, nits, finals, threads):
             for a, b, c in args:
                 w += [a, b, c]
         words.append(w)
-    return Program(words, (keep, rec.steps), [f for f, _ in finals])
+    return Program(words, (keep, rec.steps))
 
 
 class _NoFit(Exception):
@@ -482,14 +474,14 @@ class _NoFit(Exception):
 def _packed_calls(op, ins, outs, first_in, first_out, rows, bounds, calls, series_of,
                   gemm, written, broadcast_reads):
     """pg_gemm over each slice's rows (packgemm.py): C[rows] = A[rows] @ B + addends."""
+    from graphc.backend.llvm.packgemm import row_major as packgemm_rows
     from graphc.tensor.packed import PANEL
     f32 = np.dtype(np.float32)
     a, w, wp, c = first_in[0], first_in[1], first_in[2], first_out[0]
     addends = first_in[3:]
 
-    def row_major(x):
-        return x.ndim == 2 and x.dtype == f32 and (x.shape[1] <= 1 or x.strides[1] == 4) \
-            and x.strides[0] % 4 == 0 and x.strides[0] >= 0
+    def row_major(x):               # what pg_gemm takes: float32 rows with unit stride
+        return x.dtype == f32 and packgemm_rows(x)
 
     n = w.shape[0] if op.trans else w.shape[1]
     if not (row_major(a) and row_major(c) and wp.dtype == f32 and wp.flags.c_contiguous

@@ -440,7 +440,7 @@ _later_lock = threading.Lock()              # not _lock: a compile holds that on
 BACKGROUND_EXIT_WAIT = 30.0                 # seconds the exit waits for the queue, at most
 
 
-def in_background(target, name: str = "", defer: bool = False) -> None:
+def in_background(target, defer: bool = False) -> None:
     """Run ``target`` (a compile whose result later calls will use) on this process's
     background compile thread, one job after the other. ``defer``: only once the graphc
     function call running now has returned, so that its own compiles do not wait for this

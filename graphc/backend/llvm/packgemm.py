@@ -221,7 +221,9 @@ def _gemm_address() -> int:
     return addr
 
 
-def _row_major(a):
+def row_major(a):
+    """Whether pg_gemm can read ``a`` as it is: a matrix with unit column stride and a
+    non-negative row stride of whole elements."""
     return a.ndim == 2 and (a.shape[1] <= 1 or a.strides[1] == 4) and a.strides[0] % 4 == 0 \
         and a.strides[0] >= 0
 
@@ -243,7 +245,7 @@ class PackedProduct:
                  keys=(_slice_key(), _gemm_key()))
 
     def __call__(self, a, bp, n, out, threads, addends=()):
-        if not _row_major(a):
+        if not row_major(a):
             a = np.ascontiguousarray(a)
         m, k = a.shape
         panels = bp.shape[0]
@@ -259,7 +261,7 @@ class PackedProduct:
         ext = [0, 0, 0, 0]               # e1, ld1, e2, ld2 (null: no addend)
         kept = []                        # copies made here live until the kernel ran
         for j, e in enumerate(addends):
-            if not _row_major(e):
+            if not row_major(e):
                 e = np.ascontiguousarray(e)
                 kept.append(e)
             ext[2 * j] = data_pointer(e)
