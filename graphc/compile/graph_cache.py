@@ -262,6 +262,7 @@ def optimized(fgraph, mode, trace):
         return optimize(fgraph, mode)
     hit = _load(k, fgraph)
     if hit is not None:
+        _note(k, True)
         return hit
     optimize(fgraph, mode)
     try:
@@ -275,7 +276,18 @@ def optimized(fgraph, mode, trace):
         return fgraph
     if len(payload) <= MAX_BYTES:
         _store(k, payload)
+        _note(k, False)
     return again
+
+
+def _note(k: str, hit: bool) -> None:
+    """Tell the native backend which cached graphs this process uses: it keeps their
+    kernels together (graphc/backend/llvm/bundle.py) and loads them at once on a hit."""
+    try:
+        from graphc.backend.llvm import bundle
+    except ImportError:                     # no llvmlite: nothing to bundle
+        return
+    bundle.note_graph(k, hit)
 
 
 def _load(k: str, fgraph):

@@ -21,6 +21,7 @@ import numpy as np
 from graphc.backend.kernel_spec import DTYPES
 from graphc.backend.llvm.blas import SMALL_PRODUCT, gemm_into, step_loops
 from graphc.configdefaults import config
+from graphc.link import hugemem
 from graphc.link.py import make_storage, node_error
 from graphc.tensor.basic import Join
 from graphc.tensor.blas import Gemm, _check_z
@@ -65,11 +66,11 @@ class _Buffers:
     def get(self, k, shape, dtype):
         a = self.arrays[k]
         if a is None or a.shape != shape:
-            a = np.empty(shape, dtype)
+            a = hugemem.empty(shape, dtype)
             if self.reuse:
                 self.arrays[k] = a
         elif not self.reuse:
-            a = np.empty(shape, dtype)
+            a = hugemem.empty(shape, dtype)
         return a
 
 
@@ -180,7 +181,7 @@ def _make_step1(ins, out, dest, reuse, kept, dtype, fast, slow, inplace=(None, N
     a new array of the previous call's shape; ``fast[0]`` rejects it if the shape changed,
     and ``slow`` if it cannot take the output."""
     j, use_input = inplace
-    env = {"dest": dest, "out": out, "kept": kept, "empty": np.empty, "dtype": dtype,
+    env = {"dest": dest, "out": out, "kept": kept, "empty": hugemem.empty, "dtype": dtype,
            "fast": fast, "slow": slow, "use_input": use_input}
     for k, cell in enumerate(ins):
         env[f"in{k}"] = cell

@@ -35,6 +35,7 @@ import weakref
 
 import numpy as np
 
+from graphc.link import hugemem
 from graphc.link.llvm import STEP_MAKERS, _Buffers
 from graphc.link.llvm_ops import _COPY_PARALLEL_MIN, _FLOATS, _L, _P, _ROWS_PARALLEL_MIN, \
     _in_threads
@@ -255,7 +256,7 @@ class _Blocked:
         d = self.scratch[slot]
         got = d.get(key)
         if got is None or got[0].shape != shape:
-            a = np.zeros(shape, self.dtype) if zero else np.empty(shape, self.dtype)
+            a = hugemem.zeros(shape, self.dtype) if zero else hugemem.empty(shape, self.dtype)
             got = d[key] = (a, a.ctypes.data)
         return got
 

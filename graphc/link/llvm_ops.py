@@ -27,6 +27,7 @@ import ctypes
 import numpy as np
 
 from graphc.backend.kernel_spec import KernelSpec
+from graphc.link import hugemem
 from graphc.link.llvm import STEP_MAKERS, _Buffers
 from graphc.tensor.nnet.xent import (SoftmaxCrossentropy, SoftmaxCrossentropyGrad,
                                      SoftmaxCrossentropyWithGrad)
@@ -118,7 +119,7 @@ class _Exps:
     def work(self, key, shape):
         a = self.scratch.get(key)
         if a is None or a.shape != shape:
-            a = self.scratch[key] = np.empty(shape, self.dtype)
+            a = self.scratch[key] = hugemem.empty(shape, self.dtype)
         return a
 
     def __call__(self, vals):
@@ -391,7 +392,7 @@ def _pool_step(node, ins, outs, reuse):
         lead = x.shape[:-2]
         shape = lead + (oh, ow * op.ws[1])
         if not scratch or scratch[0].shape != shape:
-            scratch[:] = [np.empty(shape, npdt)]
+            scratch[:] = [hugemem.empty(shape, npdt)]
         rows = scratch[0]
         k_rows(_cell_views(x, op.ws, oh, ow, cols=False), [rows])
         out = bufs.get(0, lead + (oh, ow), npdt)

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphc.link import hugemem
+
 
 class StepShapeError(Exception):
     """A step produced a value whose shape differs from what the loop carries."""
@@ -53,7 +55,7 @@ class PerStep:
     def store(self, t, v, index):
         if self.buf is None:
             v = np.asarray(v)
-            self.buf = np.empty((self.n,) + v.shape, dtype=v.dtype)
+            self.buf = hugemem.empty((self.n,) + v.shape, v.dtype)
         elif v.shape != self.buf.shape[1:]:
             raise StepShapeError("output", index, v)
         self.buf[t] = v

@@ -33,6 +33,7 @@ import numpy as np
 from graphc.compile import graph_cache
 from graphc.configdefaults import config
 from graphc.graph.basic import Apply, Constant, Op
+from graphc.link import hugemem
 from graphc.scan_module import native
 from graphc.scan_module.loop import PerStep, StepShapeError, make_loop
 from graphc.scan_module.utils import (compiled, graph_signature, infer_inner_shapes,
@@ -225,7 +226,7 @@ class Scan(Op):
                                   f"the initial value of state {k} (taps {list(taps)}) needs "
                                   f"{lag} entries, it has {init.shape[0]}",
                                   getattr(node.tag, "trace", []))
-            buf = np.empty((lag + n,) + init.shape[1:], dtype=node.outputs[k].type.numpy_dtype)
+            buf = hugemem.empty((lag + n,) + init.shape[1:], node.outputs[k].type.numpy_dtype)
             buf[:lag] = init[:lag]
             bufs.append(buf)
             args += [buf, o_st[k], buf.shape[1:]] + list(c_taps[k])
@@ -359,7 +360,7 @@ class _Final:
 
     def __init__(self, init, dtype):
         self.cur = np.array(init, dtype=dtype, copy=True)
-        self.other = np.empty_like(self.cur)
+        self.other = hugemem.empty_like(self.cur)
 
     def store(self, v, index):
         if np.shape(v) != self.cur.shape:

@@ -95,6 +95,7 @@ _libraries = []                             # every loaded ctypes.CDLL (kept ali
 _compiledir_override = None
 _codegen_version = None
 _pending = []                               # (compile dir, key, object) to link at exit
+used: dict = {}                             # every key load_function was asked for, in order
 _exit_hook = False                          # link_pending registered with atexit
 stats = {"compiled": 0, "disk_hits": 0, "memory_hits": 0, "rebuilt_corrupt": 0, "ir_built": 0,
          "so_hits": 0}
@@ -401,8 +402,15 @@ def _load_shared(key: str, name: str, count: bool = True):
     """The address of ``name`` from the linked library of ``key``, or None (no such entry, a
     damaged one, or one that does not load here). ``count=False``: a damaged entry is not
     counted (ahead.py's loader leaves it to load_function, which counts and rebuilds it)."""
+    addrs = load_library(_so_path(key), [name], count)
+    return None if addrs is None else addrs[0]
+
+
+def load_library(path: str, names, count: bool = True):
+    """The addresses of ``names`` in the linked library at ``path`` (an ELF file with the
+    trailer of a cache entry, checked before dlopen), or None when it is missing, damaged,
+    does not load here or lacks one of them."""
     import ctypes
-    path = _so_path(key)
     try:
         with open(path, "rb") as f:
             blob = f.read()
@@ -414,13 +422,13 @@ def _load_shared(key: str, name: str, count: bool = True):
         return None
     try:
         lib = ctypes.CDLL(path)
-        addr = ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+        addrs = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in names]
     except (OSError, AttributeError):
         return None
-    if not addr:
+    if not all(addrs):
         return None
     _libraries.append(lib)
-    return addr
+    return addrs
 
 
 def _schedule_link(key: str, obj: bytes) -> None:
@@ -566,16 +574,17 @@ def cache_info() -> dict:
 
 def clear_cache() -> None:
     """Remove every cache entry (and temporaries left by killed writers) from the directory,
-    the optimized graphs of graphc/compile/graph_cache.py (``.graph``) and the lists of
-    backend/llvm/ahead.py (``.uses``) included.
+    the optimized graphs of graphc/compile/graph_cache.py (``.graph``), the lists of
+    backend/llvm/ahead.py (``.uses``) and the bundles of bundle.py (``.bundle``) included.
 
     Functions already loaded into this process stay loaded (their addresses are in use).
     """
     d = compiledir()
     with _lock:                             # objects of this directory not linked yet
         _pending[:] = [job for job in _pending if job[0] != d]
-    from . import ahead
+    from . import ahead, bundle
     ahead.forget()
+    bundle.forget()
     try:
         names = os.listdir(d)
     except OSError:
@@ -584,7 +593,7 @@ def clear_cache() -> None:
         path = os.path.join(d, name)
         if name.startswith(".tmp-link-"):
             shutil.rmtree(path, ignore_errors=True)
-        elif name.endswith((".o", ".so", ".ok", ".part", ".graph", ".uses")) or (
+        elif name.endswith((".o", ".so", ".ok", ".part", ".graph", ".uses", ".bundle")) or (
                 name.startswith("host-") and name.endswith(".json")):
             try:
                 os.unlink(path)
@@ -635,6 +644,7 @@ def load_function(key: str, make_ir, debug=None, title: str = "", optimize: bool
     """
     debug = _debug_enabled(debug)
     name = "gk_" + key[:32]
+    used[key] = None
     with _lock:
         addr = _loaded.get(name)
         if addr is not None and not debug:
@@ -668,3 +678,16 @@ def load_function(key: str, make_ir, debug=None, title: str = "", optimize: bool
         _loaded[name] = addr
         _schedule_link(key, obj)             # the next process loads it without LLVM
         return addr
+
+
+def _bundle_at_exit() -> None:
+    """Registered at import, so it runs after every other exit hook of this module (atexit
+    runs them last-registered first): the compile queue has drained by then."""
+    from . import bundle
+    try:
+        bundle.write_at_exit()
+    except Exception:                       # a cache we cannot write is only slower
+        pass
+
+
+atexit.register(_bundle_at_exit)

@@ -1,0 +1,105 @@
+"""graphc/link/hugemem.py: large arrays in 2 MiB pages, recycled when the last view is gone."""
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+import graphc
+import graphc.tensor as T
+from graphc.configdefaults import config
+from graphc.link import hugemem
+
+pytestmark = pytest.mark.skipif(hugemem._LIBC is None, reason="needs mmap through libc")
+
+BIG = (512, 1024)               # 2 MiB of float32, 4 MiB of float64
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    hugemem.release_cache()
+    yield
+    hugemem.release_cache()
+
+
+def test_large_arrays_take_aligned_blocks_small_ones_come_from_numpy():
+    a = hugemem.empty(BIG, np.float32)
+    assert a.shape == BIG and a.dtype == np.float32 and a.flags.c_contiguous
+    assert a.flags.writeable and isinstance(a.base, hugemem._Block)
+    assert a.ctypes.data % hugemem.PAGE == 0
+    small = hugemem.empty((10, 10), np.float32)
+    assert small.base is None and small.shape == (10, 10)
+    assert hugemem.empty(7, np.int64).shape == (7,)
+    assert hugemem.empty(hugemem.HUGE_MIN, np.uint8).base is not None
+
+
+def test_a_dropped_block_is_reused_and_zeros_clears_it():
+    a = hugemem.empty(BIG, np.float32)
+    addr = a.ctypes.data
+    a.fill(7.0)
+    del a
+    before = dict(hugemem.stats)
+    b = hugemem.zeros(BIG, np.float32)
+    assert b.ctypes.data == addr
+    assert hugemem.stats["reused"] == before["reused"] + 1
+    assert not b.any()
+    c = hugemem.zeros(BIG, np.float32)          # a new mapping, zero from the system
+    assert c.ctypes.data != addr and not c.any()
+
+
+def test_a_view_keeps_its_block():
+    a = hugemem.empty(BIG, np.float64)
+    a[...] = np.arange(a.size).reshape(BIG)
+    view = a[100:, ::3]
+    addr = a.ctypes.data
+    del a
+    b = hugemem.empty(BIG, np.float64)
+    assert b.ctypes.data != addr
+    b.fill(-1)
+    np.testing.assert_array_equal(view[0, :4], [100 * 1024 + 0, 100 * 1024 + 3,
+                                                100 * 1024 + 6, 100 * 1024 + 9])
+    del view
+    assert hugemem.empty(BIG, np.float64).ctypes.data == addr
+
+
+def test_blocks_beyond_the_cache_are_unmapped(monkeypatch):
+    monkeypatch.setattr(hugemem, "CACHE_BYTES", hugemem.PAGE)
+    a, b = hugemem.empty(BIG, np.float32), hugemem.empty(BIG, np.float32)
+    unmapped = hugemem.stats["unmapped"]
+    del a, b
+    assert hugemem.stats["unmapped"] == unmapped + 1
+    assert hugemem.release_cache() == hugemem.PAGE
+
+
+def test_the_flag_gives_plain_numpy_arrays():
+    with config.change_flags(hugepages=False):
+        assert hugemem.empty(BIG, np.float32).base is None
+        assert hugemem.zeros(BIG, np.float32).base is None
+
+
+def test_arrays_behave_like_numpy_ones():
+    a = hugemem.empty(BIG, np.float32)
+    a[...] = 1.5
+    back = pickle.loads(pickle.dumps(a))
+    assert back.base is None or not isinstance(back.base, hugemem._Block)
+    np.testing.assert_array_equal(back, a)
+    with pytest.raises(ValueError):
+        a.resize((10,))                         # it does not own its data, like a view
+    assert sys.getrefcount(a.base) >= 2
+
+
+def test_function_outputs_are_recycled_across_calls():
+    x = T.matrix("x", dtype="float32")
+    f = graphc.function([x], T.tanh(x) * 2 + 1)
+    v = np.random.default_rng(0).standard_normal(BIG).astype(np.float32)
+    want = np.tanh(v) * 2 + 1
+    for _ in range(3):
+        out = f(v)
+        assert isinstance(out.base, hugemem._Block)
+        np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+        del out
+    kept = f(v)
+    again = f(v)                                # kept is alive: a different block
+    assert kept.ctypes.data != again.ctypes.data
+    np.testing.assert_allclose(kept, want, rtol=1e-6, atol=1e-6)
+    assert hugemem.stats["reused"] > 0
