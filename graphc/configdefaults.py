@@ -80,6 +80,9 @@ FLAGS = [
     Flag("scan_native", True, "Run the steps of a loop whose every node maps batch rows to rows "
          "natively, each thread on its own rows (graphc/scan_module/native.py); False: "
          "every step through the Python loop.", parse=_bool),
+    Flag("allow_gc", True, "Free the intermediate results a compiled function allocates per "
+         "call (loop buffers, arrays of ops run on numpy) after their last use in the call; "
+         "False: keep them until the next call replaces them.", parse=_bool),
     Flag("hugepages", True, "Allocate the arrays of 1 MiB or more that compiled functions make "
          "in transparent huge pages, recycled across calls (graphc/link/hugemem.py); False: "
          "plain numpy allocations.", parse=_bool),

@@ -13,8 +13,8 @@ process instead of 31-35 ms.
     zeros(shape, dtype)   the same, zero-filled
 
 Blocks are recycled: when an array and every view of it are gone, its block goes to a free
-list (by size, at most CACHE_BYTES in all) and the next request of that size takes it
-without a single page fault. Arrays handed back by a compiled function and then dropped by
+list (by size, at most CACHE_BYTES in all) and the next request of that size, or of at least
+half that size, takes it without a single page fault. Arrays handed back by a compiled function and then dropped by
 the caller are reused the same way; a scan's per-step buffers, allocated every call, too.
 
 An array made here is an ordinary ndarray whose ``base`` is the block's owner (so it does not
@@ -35,7 +35,7 @@ PAGE = 2 << 20              # one transparent huge page (x86-64, arm64 with 4 Ki
 HUGE_MIN = 1 << 20          # smaller arrays come from numpy (a whole page would waste > half)
 CACHE_BYTES = 256 << 20     # free blocks kept for reuse; beyond that they are unmapped
 
-stats = {"mapped": 0, "reused": 0, "unmapped": 0}
+stats = {"mapped": 0, "reused": 0, "unmapped": 0, "ahead": 0}
 
 _PROT_RW = 0x1 | 0x2
 _MAP_PRIVATE_ANON = 0x02 | 0x20
@@ -80,14 +80,65 @@ def _map(size: int):
 
 
 def _take(size: int):
-    """(address, fresh) of a block of ``size`` bytes: a freed one if any, else a new one."""
+    """(address, size, fresh) of a block of at least ``size`` bytes: the smallest freed one
+    of at most twice that size if any, else a new one."""
     with _lock:
-        blocks = _free.get(size)
-        if blocks:
-            _cached[0] -= size
+        fits = [s for s, blocks in _free.items() if size <= s <= 2 * size and blocks]
+        if fits:
+            got = min(fits)
+            _cached[0] -= got
             stats["reused"] += 1
-            return blocks.pop(), False
-    return _map(size), True
+            addr = _free[got].pop()
+            if addr in _ahead:
+                _ahead.discard(addr)
+                needed.append(got)
+            return addr, got, False
+    addr = _map(size)
+    if addr is not None:
+        needed.append(size)
+    return addr, size, True
+
+
+# ------------------------------------------------------------------ blocks mapped ahead
+# A process that loads a cached graph learns from the earlier process that built it which
+# blocks its calls needed (graphc/backend/llvm/bundle.py keeps the list with the graph), and
+# has them mapped and faulted in here, on a thread of their own, while it links the graph:
+# the kernel's page faults (~0.7 ms per MiB on this project's VMs, whatever the page size)
+# then happen on the other core, not in the first call.
+needed: list = []           # sizes of the blocks this process needed (mapped or taken ahead)
+_ahead: set = set()         # addresses of blocks mapped ahead and not taken yet
+AHEAD_BYTES = 128 << 20     # at most this much is mapped ahead
+_MADV_POPULATE_WRITE = 23   # Linux 5.14: fault the pages in, writable, in one call
+
+
+def map_ahead(sizes) -> None:
+    """Map and fault in blocks of ``sizes`` (bytes, multiples of PAGE) on a new thread and
+    put them in the free lists; at most AHEAD_BYTES, once per process."""
+    if _LIBC is None or not config.hugepages or stats.get("ahead") or not sizes:
+        return
+    sizes = [int(s) for s in sizes if int(s) > 0 and int(s) % PAGE == 0]
+    total, todo = 0, []
+    for s in sizes:
+        if total + s > min(AHEAD_BYTES, CACHE_BYTES):
+            break
+        todo.append(s)
+        total += s
+    stats["ahead"] = len(todo)
+    threading.Thread(target=_map_ahead, args=(todo,), name="graphc-map-ahead",
+                     daemon=True).start()
+
+
+def _map_ahead(sizes) -> None:
+    for size in sizes:
+        addr = _map(size)
+        if addr is None:
+            return
+        # ctypes calls release the GIL: the caller goes on meanwhile
+        if _LIBC.madvise(addr, size, _MADV_POPULATE_WRITE) != 0:
+            ctypes.memset(addr, 0, size)
+        with _lock:
+            _ahead.add(addr)
+        _give_back(addr, size)
 
 
 def _give_back(addr: int, size: int) -> None:
@@ -126,8 +177,7 @@ def _alloc(shape, dtype, zero: bool) -> np.ndarray:
     plain = np.zeros if zero else np.empty
     if n < HUGE_MIN or _LIBC is None or dtype.hasobject or not config.hugepages:
         return plain(shape, dtype)
-    size = -(-n // PAGE) * PAGE
-    addr, fresh = _take(size)
+    addr, size, fresh = _take(-(-n // PAGE) * PAGE)
     if addr is None:
         return plain(shape, dtype)
     a = np.asarray(_Block(addr, size, shape, dtype))

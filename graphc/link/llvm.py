@@ -436,6 +436,43 @@ class _PerformStep:
 _perform_step = _PerformStep
 
 
+def _dead_after(fgraph, steps, storage):
+    """Per step, the cells of the intermediate results it is the last to read (or makes and
+    nobody reads), or None when no step allocates its results per call: a loop's buffers
+    and a numpy fallback's arrays are new every call, and freeing each after its last use
+    lets a later node of the same call, and the next call, take its memory again
+    (graphc/link/hugemem.py) instead of touching fresh pages. Kept buffers are held by their
+    steps, not by the cells, and stay."""
+    if not any(isinstance(step, _PerformStep) for step, _, _ in steps):
+        return None
+    keep = set(fgraph.inputs) | set(fgraph.outputs)
+    last = {}
+    for i, (_, node, _) in enumerate(steps):
+        for v in node.inputs:
+            last[v] = i
+        for v in node.outputs:
+            last.setdefault(v, i)
+    dead = [[] for _ in steps]
+    for v, i in last.items():
+        if v.owner is not None and v not in keep:
+            dead[i].append(storage[v])
+    return dead
+
+
+class _Freeing:
+    """A step, then the cells of the results it was the last to read are emptied."""
+
+    __slots__ = ("step", "cells")
+
+    def __init__(self, step, cells):
+        self.step, self.cells = step, cells
+
+    def __call__(self):
+        self.step()
+        for c in self.cells:
+            c[0] = None
+
+
 class LLVMLinker:
     name = "llvm"
 
@@ -489,6 +526,10 @@ class LLVMLinker:
             steps.append((step, node, ins))
 
         uses_numpy = any(isinstance(step, _PerformStep) for step, _, _ in steps)
+        dead = _dead_after(fgraph, steps, storage) if config.allow_gc else None
+        if dead is not None:                # intermediate results freed after their last use
+            steps = [(_Freeing(step, cells), node, ins) if cells else (step, node, ins)
+                     for (step, node, ins), cells in zip(steps, dead)]
         if profile is None and len(steps) == 1:
             step0, node0, ins0 = steps[0]
 

@@ -265,6 +265,12 @@ class Scan(Op):
             for d in dests + nit_dests + fin_dests:   # never lend this loop's buffers later
                 if d is not None:
                     d[0] = None
+            # nor hold views of them (the last step's rows) past this call: the buffers are
+            # freed when the outer function is done with them (allow_gc)
+            for c in cells:
+                c[0] = None
+            for c in outc:
+                c[0] = None
         for k, (lag, buf) in enumerate(zip(info.lags, bufs)):
             output_storage[k][0] = buf[:lag + n_done] if n_done < n else buf
         for i, f in enumerate(finals):

@@ -20,15 +20,17 @@ import graphc, graphc.tensor as T
 from graphc.backend.llvm import bundle, jit
 if sys.argv[1] == "max0":
     bundle.MAX_KEYS = 0
+from graphc.link import hugemem
 x = T.matrix("x", dtype="float32")
 y = T.matrix("y", dtype="float32")
 f = graphc.function([x, y], [T.tanh(x * y).sum(axis=1), T.exp(x) + y])
-a = np.linspace(-2, 2, 96, dtype=np.float32).reshape(8, 12)
-s, e = f(a, a.T.copy().reshape(8, 12))
-b = a.T.copy().reshape(8, 12)
-ok = np.allclose(s, np.tanh(a * b).sum(axis=1), rtol=1e-5, atol=1e-5) and \\
+a = np.linspace(-2, 2, 600 * 1000, dtype=np.float32).reshape(600, 1000)
+b = a[::-1].copy()
+s, e = f(a, b)
+ok = np.allclose(s, np.tanh(a * b).sum(axis=1), rtol=1e-4, atol=1e-3) and \\
     np.allclose(e, np.exp(a) + b, rtol=1e-5)
 print(json.dumps({"ok": bool(ok), "used": len(jit.used), **bundle.stats,
+                  "ahead": hugemem.stats["ahead"], "needed": hugemem.needed,
                   **{n: jit.stats[n] for n in ("compiled", "so_hits", "memory_hits")}}))
 """
 
@@ -55,9 +57,11 @@ def test_a_warm_process_loads_its_kernels_from_one_library(tmp_path):
     assert len(libs) == 1 and len(files) > 1          # one library, an index per graph
     index = json.loads((tmp_path / [n for n in files if n != libs[0]][0]).read_text())
     assert len(index["keys"]) == cold["used"]
+    assert index["blocks"] == cold["needed"] and cold["needed"]    # the 2.3 MB output
     warm = _run(tmp_path)
     assert warm["ok"] and warm["compiled"] == 0 and warm["so_hits"] == 0
     assert warm["bundles_loaded"] == 1 and warm["kernels_from_bundles"] == warm["used"]
+    assert warm["ahead"] == len(cold["needed"])         # its memory mapped ahead
     assert _bundle_files(tmp_path) == files
     # its graphs point to that library already: the warm process rewrote nothing
     assert all((tmp_path / n).stat().st_mtime_ns == stamps[n] for n in files)

@@ -103,3 +103,24 @@ def test_function_outputs_are_recycled_across_calls():
     assert kept.ctypes.data != again.ctypes.data
     np.testing.assert_allclose(kept, want, rtol=1e-6, atol=1e-6)
     assert hugemem.stats["reused"] > 0
+
+
+def test_blocks_mapped_ahead_are_taken_without_a_fault(monkeypatch):
+    import time
+    monkeypatch.setitem(hugemem.stats, "ahead", 0)
+    monkeypatch.setattr(hugemem, "_ahead", set())
+    monkeypatch.setattr(hugemem, "needed", [])
+    hugemem.map_ahead([2 * hugemem.PAGE, hugemem.PAGE, 5])     # 5: not a block size
+    assert hugemem.stats["ahead"] == 2
+    deadline = time.time() + 20
+    while len(hugemem._ahead) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(hugemem._ahead) == 2
+    mapped = hugemem.stats["mapped"]
+    a = hugemem.empty((3 << 20) // 4, np.float32)      # 3 MiB: the 4 MiB block
+    b = hugemem.empty(BIG, np.float32)
+    assert hugemem.stats["mapped"] == mapped and not hugemem._ahead
+    assert sorted(hugemem.needed) == [hugemem.PAGE, 2 * hugemem.PAGE]
+    hugemem.map_ahead([hugemem.PAGE])                   # once per process
+    assert hugemem.stats["ahead"] == 2
+    del a, b

@@ -14,6 +14,7 @@ import graphc
 import graphc.tensor as T
 from graphc.backend import llvm as gl
 from graphc.backend.llvm import jit
+from graphc.configdefaults import config
 from graphc.ifelse import ifelse
 from graphc.tensor.blas import Gemm
 from graphc.tensor.elemwise import ShapeError
@@ -68,15 +69,36 @@ def test_kept_buffers_never_change_returned_outputs(rng):
 
 
 def test_buffers_are_kept_between_calls(rng):
-    """A steady loop allocates nothing for intermediates: the same arrays come back."""
+    """A steady loop allocates nothing for intermediates: the same arrays come back (seen
+    in the cells, which allow_gc=False leaves filled after a call)."""
     ins, h, p = mlp()
-    f = graphc.function(ins, T.sum(p), mode=NATIVE)
+    with config.change_flags(allow_gc=False):
+        f = graphc.function(ins, T.sum(p), mode=NATIVE)
     inner = [v for n in f.maker.fgraph.apply_nodes for v in n.outputs
              if v not in f.maker.fgraph.outputs]
     f(*mlp_values(rng, 5))
     first = {v: f.storage[v][0] for v in inner}
     f(*mlp_values(rng, 5))
     assert any(f.storage[v][0] is a for v, a in first.items() if a is not None and a.ndim)
+
+
+def test_allow_gc_empties_the_cells_of_intermediates_after_their_last_use(rng):
+    """With a step that allocates per call (an op run on numpy), every intermediate cell is
+    empty after a call, and the results are those of allow_gc=False."""
+    x = T.matrix("x")
+    y = T.cumsum(T.tanh(x) * 2, axis=1)          # CumOp: no native kernel
+    outs = [T.exp(y).sum(axis=1), y[:, 0]]
+    f = graphc.function([x], outs, mode=NATIVE)
+    with config.change_flags(allow_gc=False):
+        g = graphc.function([x], outs, mode=NATIVE)
+    assert any(type(n.op).__name__ == "CumOp" for n in f.maker.fgraph.apply_nodes)
+    for _ in range(3):
+        v = rng.standard_normal((6, 5))
+        for a, b in zip(f(v), g(v)):
+            np.testing.assert_array_equal(a, b)
+        inner = [w for n in f.maker.fgraph.apply_nodes for w in n.outputs
+                 if w not in f.maker.fgraph.outputs]
+        assert inner and all(f.storage[w][0] is None for w in inner)
 
 
 def test_outputs_through_unfused_second_are_not_reused(rng):

@@ -32,6 +32,8 @@ import shutil
 import subprocess
 import tempfile
 
+from graphc.link import hugemem
+
 from . import jit
 
 SUFFIX = ".bundle"
@@ -51,17 +53,18 @@ def _lib_path(bundle_key: str) -> str:
 
 
 def _read_index(graph_key: str):
-    """(bundle key, kernel keys) noted for ``graph_key``, or None."""
+    """(bundle key, kernel keys, block sizes) noted for ``graph_key``, or None."""
     try:
         with open(_index_path(graph_key)) as f:
             info = json.load(f)
-        lib, keys = info["lib"], info["keys"]
-    except (OSError, ValueError, KeyError, TypeError):
+        lib, keys, blocks = info["lib"], info["keys"], info.get("blocks", [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if not isinstance(lib, str) or not isinstance(keys, list) or \
-            not all(isinstance(k, str) and len(k) == 64 for k in keys):
+            not all(isinstance(k, str) and len(k) == 64 for k in keys) or \
+            not isinstance(blocks, list) or not all(isinstance(b, int) for b in blocks):
         return None
-    return lib, keys
+    return lib, keys, blocks
 
 
 def note_graph(graph_key: str, hit: bool) -> None:
@@ -73,7 +76,8 @@ def note_graph(graph_key: str, hit: bool) -> None:
     found = _read_index(graph_key)
     if found is None or found[0] in _loaded_libs:
         return
-    lib, keys = found
+    lib, keys, blocks = found
+    hugemem.map_ahead(blocks)
     names = ["gk_" + k[:32] for k in keys]
     missing = [n for n in names if n not in jit._loaded]
     if missing:
@@ -96,13 +100,14 @@ def write_at_exit() -> None:
     if not _graphs or not keys or len(keys) > MAX_KEYS or jit._linker() is None:
         return
     lib = hashlib.sha256(" ".join(keys).encode()).hexdigest()
-    todo = [g for g in _graphs if (_read_index(g) or (None,))[0] != lib]
+    blocks = sorted(hugemem.needed, reverse=True)
+    todo = [g for g in _graphs if _read_index(g) != (lib, keys, blocks)]
     usable = lib not in _broken and os.path.exists(_lib_path(lib))
     if not todo and usable:
         return
     if not usable and not _link(lib, keys):
         return
-    text = json.dumps({"lib": lib, "keys": keys}).encode()
+    text = json.dumps({"lib": lib, "keys": keys, "blocks": blocks}).encode()
     for g in todo:
         jit._atomic_write(_index_path(g), text)
     stats["bundles_written"] += 1
