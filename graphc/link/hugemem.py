@@ -1,12 +1,20 @@
-"""Large arrays of compiled functions in 2 MiB pages, recycled across calls.
+"""Large arrays of compiled functions in blocks of 2 MiB pages, recycled across calls.
 
-A first call writes every buffer it allocates for the first time, and on this project's VMs
-the kernel's first touch of a 4 KiB page costs 4-5 us (1.1-1.7 ms per MiB): the LSTM step's
-first call allocates ~32 MiB (its loops' per-step buffers, gate activations, gradients) and
-spent ~35 ms of its ~100 ms in page faults. A mapping that asks for transparent huge pages
-(``madvise(MADV_HUGEPAGE)``, honoured where ``/sys/kernel/mm/transparent_hugepage/enabled``
-is ``always`` or ``madvise``) faults once per 2 MiB: measured 7-9 ms for 32 MiB in a fresh
-process instead of 31-35 ms.
+Fresh memory is expensive on this project's VMs: the kernel's first touch of a page costs
+about 0.7 ms per MiB. The LSTM training step's first call makes ~32 MiB of arrays (its loops'
+per-step buffers, gate activations, gradients) and spent 20-28 ms of system time on it, with
+4 KiB pages (6,000-6,500 faults) and with transparent huge pages (~700 faults and 21 huge
+ones) alike; numpy's allocator also gave ~400 fresh pages back and forth on every later call
+(the gradients it returns). So this module
+
+  * recycles: a block whose array and views are all gone goes to a free list and the next
+    request takes it without a fault (the LSTM step: 0 faults per steady call);
+  * lets a process map blocks ahead, on a thread of its own, when it knows which ones its
+    calls will need (``map_ahead``; graphc/backend/llvm/bundle.py remembers them per graph);
+  * asks for huge pages (``madvise(MADV_HUGEPAGE)``, honoured where
+    ``/sys/kernel/mm/transparent_hugepage/enabled`` is ``always`` or ``madvise``): one fault
+    per 2 MiB, 4x cheaper than 512 small ones when the kernel has recently freed huge pages
+    at hand (7-9 ms instead of 31-35 ms for 32 MiB, measured), and fewer TLB misses.
 
     empty(shape, dtype)   like np.empty; arrays of HUGE_MIN bytes or more take a block of
                           whole 2 MiB pages, smaller ones come from numpy
@@ -14,8 +22,9 @@ process instead of 31-35 ms.
 
 Blocks are recycled: when an array and every view of it are gone, its block goes to a free
 list (by size, at most CACHE_BYTES in all) and the next request of that size, or of at least
-half that size, takes it without a single page fault. Arrays handed back by a compiled function and then dropped by
-the caller are reused the same way; a scan's per-step buffers, allocated every call, too.
+half that size, takes it. Arrays handed back by a compiled function and then dropped by the
+caller are reused the same way; a scan's per-step buffers, allocated every call, too (the
+linker frees them after their last use: the flag allow_gc).
 
 An array made here is an ordinary ndarray whose ``base`` is the block's owner (so it does not
 own its data: ``a.resize`` refuses, as for any view). The flag ``hugepages=False`` gives plain
@@ -60,8 +69,29 @@ def _libc():
 
 _LIBC = _libc()
 _lock = threading.Lock()
+_owner = [None]             # the thread holding _lock
+_returned: list = []        # (address, size) freed while their thread held _lock
 _free: dict = {}            # block size -> [address, ...] (most recently freed last)
 _cached = [0]               # bytes in _free
+
+
+class _Locked:
+    """``with _locked:`` holds _lock and files the blocks freed meanwhile. A block's owner
+    can die while its thread holds the lock (the cycle collector runs on any allocation):
+    ``_give_back`` then only notes it in ``_returned``, never waits for itself."""
+
+    def __enter__(self):
+        _lock.acquire()
+        _owner[0] = threading.get_ident()
+
+    def __exit__(self, *exc):
+        while _returned:
+            _file(*_returned.pop())
+        _owner[0] = None
+        _lock.release()
+
+
+_locked = _Locked()
 
 
 def _map(size: int):
@@ -82,7 +112,7 @@ def _map(size: int):
 def _take(size: int):
     """(address, size, fresh) of a block of at least ``size`` bytes: the smallest freed one
     of at most twice that size if any, else a new one."""
-    with _lock:
+    with _locked:
         fits = [s for s, blocks in _free.items() if size <= s <= 2 * size and blocks]
         if fits:
             got = min(fits)
@@ -136,19 +166,27 @@ def _map_ahead(sizes) -> None:
         # ctypes calls release the GIL: the caller goes on meanwhile
         if _LIBC.madvise(addr, size, _MADV_POPULATE_WRITE) != 0:
             ctypes.memset(addr, 0, size)
-        with _lock:
+        with _locked:
             _ahead.add(addr)
-        _give_back(addr, size)
+            _file(addr, size)
 
 
 def _give_back(addr: int, size: int) -> None:
-    with _lock:
-        if _cached[0] + size <= CACHE_BYTES:
-            _free.setdefault(size, []).append(addr)
-            _cached[0] += size
-            return
-    stats["unmapped"] += 1
-    _LIBC.munmap(addr, size)
+    if _owner[0] == threading.get_ident():
+        _returned.append((addr, size))
+        return
+    with _locked:
+        _file(addr, size)
+
+
+def _file(addr: int, size: int) -> None:
+    """Put a block in the free lists, or unmap it when they are full (_lock held)."""
+    if _cached[0] + size <= CACHE_BYTES:
+        _free.setdefault(size, []).append(addr)
+        _cached[0] += size
+    else:
+        stats["unmapped"] += 1
+        _LIBC.munmap(addr, size)
 
 
 class _Block:
@@ -203,7 +241,7 @@ def empty_like(a: np.ndarray) -> np.ndarray:
 
 def release_cache() -> int:
     """Unmap every free block now; returns the bytes given back to the system."""
-    with _lock:
+    with _locked:
         blocks = [(addr, size) for size, addrs in _free.items() for addr in addrs]
         _free.clear()
         _cached[0] = 0

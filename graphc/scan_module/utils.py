@@ -85,8 +85,11 @@ class InnerFunction:
     def __init__(self, inputs, outputs, mode, cache_name=None):
         from graphc.compile import graph_cache
         from graphc.compile.function import function
-        # cache_name: what stands for the graph in its graph-cache key (graph_cache.derived)
-        with graph_cache.derived(cache_name):
+        from graphc.configdefaults import config
+        # cache_name: what stands for the graph in its graph-cache key (graph_cache.derived);
+        # allow_gc off: a step's cells are read after it (scan_module/native.py records
+        # them), and the step's buffers serve every step
+        with graph_cache.derived(cache_name), config.change_flags(allow_gc=False):
             self.fn = function(list(inputs), list(outputs), mode=mode,
                                on_unused_input="ignore")
         self.in_cells: List[list] = self.fn._in_cells

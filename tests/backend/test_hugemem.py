@@ -124,3 +124,19 @@ def test_blocks_mapped_ahead_are_taken_without_a_fault(monkeypatch):
     hugemem.map_ahead([hugemem.PAGE])                   # once per process
     assert hugemem.stats["ahead"] == 2
     del a, b
+
+
+def test_a_block_freed_while_its_thread_holds_the_lock_is_filed_afterwards():
+    """The cycle collector may free an array inside the allocator's own critical section:
+    that must neither deadlock nor lose the block."""
+    import gc
+    a = hugemem.empty(BIG, np.float32)
+    addr = a.ctypes.data
+    cycle = [a]
+    cycle.append(cycle)                     # only the collector frees it
+    del a, cycle
+    with hugemem._locked:
+        gc.collect()
+        assert hugemem._returned
+    assert not hugemem._returned
+    assert hugemem.empty(BIG, np.float32).ctypes.data == addr
