@@ -11,6 +11,7 @@ Grammar::
                   reduce:    None | Reduce         # only when len(outputs) == 1
     Eqn        := (op: str, args: (Ref, ...), dtype: str)
     Ref        := ('in', i) | ('eq', j) | ('const', python_scalar, dtype)
+                  (a float python_scalar is an ExactFloat: see const_ref)
     Reduce     := (kind in REDUCE_KINDS, axes: (int, ...))   # axes of the broadcast shape
 
 Typing is canonical, so a renderer never has to guess:
@@ -25,6 +26,7 @@ Inputs broadcast numpy-style against each other; the output shape is their broad
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -45,6 +47,39 @@ SCALAR_OPS = {
 }
 COMPARISONS = frozenset({"lt", "gt", "le", "ge", "eq", "neq"})
 REDUCE_KINDS = ("add", "mul", "max", "min", "and", "or")
+
+
+class ExactFloat(float):
+    """The float of a ('const', value, dtype) ref: equal to another float only bit for bit.
+    Specs and fused ops are compared and hashed (merged, memoized, cached): with plain floats
+    ``x / -0.0`` and ``x / 0.0`` made one kernel (-0.0 == 0.0), while 1 / -0.0 is -inf; a NaN
+    equals the same NaN here, so equal regions still merge."""
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        if isinstance(other, float):
+            return struct.pack("<d", self) == struct.pack("<d", other)
+        return float.__eq__(self, other)
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash(struct.pack("<d", self))
+
+    def __repr__(self):
+        return float.__repr__(self)
+
+    def __reduce__(self):
+        return ExactFloat, (float(self),)
+
+
+def const_ref(value, dtype: str) -> tuple:
+    """('const', value, dtype), a float value exact in comparisons (ExactFloat)."""
+    if isinstance(value, float):
+        value = ExactFloat(value)
+    return ("const", value, dtype)
 
 
 @dataclass(frozen=True)

@@ -142,8 +142,9 @@ _MADV_POPULATE_WRITE = 23   # Linux 5.14: fault the pages in, writable, in one c
 
 
 def map_ahead(sizes) -> None:
-    """Map and fault in blocks of ``sizes`` (bytes, multiples of PAGE) on a new thread and
-    put them in the free lists; at most AHEAD_BYTES, once per process."""
+    """Map and fault in blocks of ``sizes`` (bytes, multiples of PAGE, in the order they will
+    be needed) on a new thread and put them in the free lists; at most AHEAD_BYTES, once per
+    process."""
     if _LIBC is None or not config.hugepages or stats.get("ahead") or not sizes:
         return
     sizes = [int(s) for s in sizes if int(s) > 0 and int(s) % PAGE == 0]
@@ -159,16 +160,28 @@ def map_ahead(sizes) -> None:
 
 
 def _map_ahead(sizes) -> None:
-    for size in sizes:
-        addr = _map(size)
-        if addr is None:
-            return
-        # ctypes calls release the GIL: the caller goes on meanwhile
-        if _LIBC.madvise(addr, size, _MADV_POPULATE_WRITE) != 0:
-            ctypes.memset(addr, 0, size)
+    """One mapping for all the blocks, faulted in the order the earlier process first needed
+    them, in groups that double in size, each group filed as soon as it is ready. Few calls:
+    each ctypes call releases the GIL and takes it back, and taking it back can make the
+    caller's thread (building and linking its graph meanwhile) wait a switch interval."""
+    base = _map(sum(sizes))
+    if base is None:
+        return
+    k, want = 0, 0
+    while k < len(sizes):           # groups of blocks, each at least twice the one before
+        group, total = [], 0
+        while k < len(sizes) and (not group or total < want):
+            group.append(sizes[k])
+            total += sizes[k]
+            k += 1
+        want = 2 * total
+        if _LIBC.madvise(base, total, _MADV_POPULATE_WRITE) != 0:
+            ctypes.memset(base, 0, total)
         with _locked:
-            _ahead.add(addr)
-            _file(addr, size)
+            for size in group:
+                _ahead.add(base)
+                _file(base, size)
+                base += size
 
 
 def _give_back(addr: int, size: int) -> None:

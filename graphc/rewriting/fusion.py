@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.backend.kernel_spec import DTYPES as KERNEL_DTYPES, REDUCE_KINDS, SCALAR_OPS
+from graphc.backend.kernel_spec import DTYPES as KERNEL_DTYPES, REDUCE_KINDS, SCALAR_OPS, const_ref
 from graphc.configdefaults import config
 from graphc.graph.basic import Constant
 from graphc.rewriting.engine import replace_pairs
@@ -52,7 +52,7 @@ def _unpadded(v):
 def _literal(v):
     # only a constant typed as broadcastable everywhere: the type decides broadcasting
     if isinstance(v, Constant) and np.size(v.data) == 1 and all(v.type.broadcastable):
-        return ("const", np.asarray(v.data).reshape(-1)[0].item(), v.dtype)
+        return const_ref(np.asarray(v.data).reshape(-1)[0].item(), v.dtype)
     return None
 
 

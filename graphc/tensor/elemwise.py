@@ -67,12 +67,22 @@ def _lift(x, nd):
     anything else gets a DimShuffle."""
     from graphc.graph.basic import Constant
     if isinstance(x, Constant) and isinstance(x.data, np.ndarray):
+        hit = _lifted.get((id(x), nd))
+        if hit is not None and hit[0] is x:
+            return hit[1]
         from graphc.tensor.var import constant
         c = constant(x.data.reshape((1,) * (nd - x.ndim) + x.data.shape), name=x.name)
         if _weak(x):
             c.tag.weak = True
+        if x.data.size <= 16:               # shared Python scalars: lifted once per rank
+            if len(_lifted) > 4096:
+                _lifted.clear()
+            _lifted[(id(x), nd)] = (x, c)   # x is kept alive: its id stays its own
         return c
     return x.dimshuffle(["x"] * (nd - x.ndim) + list(range(x.ndim)))
+
+
+_lifted: dict = {}          # (id of a small constant, rank) -> (that constant, lifted one)
 
 
 class Elemwise(Op):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.backend.kernel_spec import COMPARISONS, KernelSpec
+from graphc.backend.kernel_spec import COMPARISONS, KernelSpec, const_ref
 from graphc.graph.basic import Apply, Op
 from graphc.tensor.elemwise import _REDUCE_IMPL, describe, describe_values, shape_error
 from graphc.tensor.scalar_ops import SCALAR
@@ -204,7 +204,7 @@ class Fused(Op):
             if dt(ref) == dtype:
                 return ref
             if ref[0] == "const":
-                return ("const", np.asarray(ref[1]).astype(dtype).item(), dtype)
+                return const_ref(np.asarray(ref[1]).astype(dtype).item(), dtype)
             key = (ref, dtype)
             if key not in casts:
                 eqns.append(("cast", (ref,), dtype))

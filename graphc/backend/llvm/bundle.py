@@ -108,7 +108,7 @@ def write_at_exit() -> None:
     if not _graphs or not keys or len(keys) > MAX_KEYS or jit._linker() is None:
         return
     lib = hashlib.sha256(" ".join(keys).encode()).hexdigest()
-    blocks = sorted(hugemem.needed, reverse=True)
+    blocks = list(hugemem.needed)           # in the order this process first needed them
     todo = [g for g in _graphs if _read_index(g) != (lib, keys, blocks)]
     usable = lib not in _broken and os.path.exists(_lib_path(lib))
     if not todo and usable:
