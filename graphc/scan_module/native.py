@@ -137,8 +137,14 @@ def _interpreter() -> int:
 
 
 def _interpreter_key() -> str:
-    from graphc.backend.llvm import jit
-    return jit.cache_key("scan-native-steps", "O1", _interpreter_ir())
+    """Its cache key, from its IR text (built once per process: ~1 ms)."""
+    if not _key:
+        from graphc.backend.llvm import jit
+        _key.append(jit.cache_key("scan-native-steps", "O1", _interpreter_ir()))
+    return _key[0]
+
+
+_key: list = []
 
 
 _loading = []
