@@ -209,3 +209,19 @@ def test_two_ways_outlier_does_not_flip():
     for _ in range(6):
         w.record(True, 5.0)
     assert w.cost[1] > w.cost[0]
+
+
+def test_two_ways_one_exploration_undoes_a_flip_caused_by_noise():
+    """A stretch of slow samples tips the faster way's average over the other's; once the
+    noise is gone, the first exploration of that way brings it back."""
+    from graphc.backend.llvm.spinpool import TwoWays
+    w = TwoWays()
+    w.force(True)
+    w.cost = [2.0, 1.0]                     # split: 1, one thread: 2
+    for _ in range(4):
+        w.record(True, 2.0 * w.cost[1])     # noise: each sample twice the average
+    assert w.cost[1] > w.cost[0]            # the one-thread way runs now
+    for _ in range(3):
+        w.record(False, 2.0)
+    w.record(True, 1.0)                     # an exploration, noise over
+    assert w.cost[1] < w.cost[0]
