@@ -33,6 +33,7 @@ np.empty everywhere; so does a platform without ``mmap`` through libc.
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import threading
 
@@ -92,6 +93,18 @@ class _Locked:
 
 
 _locked = _Locked()
+
+
+def _new_lock_in_child():
+    """A child forked while another thread held _lock would wait on it forever."""
+    global _lock
+    _lock = threading.Lock()
+    _owner[0] = None
+    _returned.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def _map(size: int):

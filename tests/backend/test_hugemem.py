@@ -140,3 +140,31 @@ def test_a_block_freed_while_its_thread_holds_the_lock_is_filed_afterwards():
         assert hugemem._returned
     assert not hugemem._returned
     assert addr in hugemem._free[hugemem.PAGE]
+
+
+def test_a_child_forked_while_the_lock_is_held_can_allocate():
+    import os
+    if not hasattr(os, "fork"):
+        return
+    with hugemem._locked:                   # this thread holds the lock while it forks
+        pid = os.fork()
+        if pid == 0:                        # the child: allocate, free, exit
+            try:
+                a = hugemem.empty(BIG, np.float32)
+                a.fill(1.0)
+                del a
+                os._exit(0 if hugemem._free else 3)
+            except BaseException:
+                os._exit(2)
+    import signal
+    import time
+    deadline = time.time() + 30
+    while True:                             # a child stuck on the lock fails, not hangs
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done or time.time() > deadline:
+            break
+        time.sleep(0.01)
+    if not done:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
