@@ -438,13 +438,10 @@ _perform_step = _PerformStep
 
 def _dead_after(fgraph, steps, storage):
     """Per step, the cells of the intermediate results it is the last to read (or makes and
-    nobody reads), or None when no step allocates its results per call: a loop's buffers
-    and a numpy fallback's arrays are new every call, and freeing each after its last use
-    lets a later node of the same call, and the next call, take its memory again
-    (graphc/link/hugemem.py) instead of touching fresh pages. Kept buffers are held by their
-    steps, not by the cells, and stay."""
-    if not any(isinstance(step, _PerformStep) for step, _, _ in steps):
-        return None
+    nobody reads). For graphs with a step that allocates its results per call (an op run on
+    numpy, a loop's buffers): freeing each after its last use lets a later node of the same
+    call, and the next call, take its memory again (graphc/link/hugemem.py) instead of
+    touching fresh pages. Kept buffers are held by their steps, not by the cells, and stay."""
     keep = set(fgraph.inputs) | set(fgraph.outputs)
     last = {}
     for i, (_, node, _) in enumerate(steps):
@@ -526,8 +523,8 @@ class LLVMLinker:
             steps.append((step, node, ins))
 
         uses_numpy = any(isinstance(step, _PerformStep) for step, _, _ in steps)
-        dead = _dead_after(fgraph, steps, storage) if config.allow_gc else None
-        if dead is not None:                # intermediate results freed after their last use
+        if uses_numpy and config.allow_gc:  # intermediate results freed after their last use
+            dead = _dead_after(fgraph, steps, storage)
             steps = [(_Freeing(step, cells), node, ins) if cells else (step, node, ins)
                      for (step, node, ins), cells in zip(steps, dead)]
         if profile is None and len(steps) == 1:

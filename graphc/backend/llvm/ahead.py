@@ -76,7 +76,7 @@ def load_ahead(group: str) -> None:
     """Have the linked libraries remembered for ``group`` loaded on the loader thread (its
     list is read here, ~30 us: a process whose kernels have none starts no thread)."""
     keys = [k for k in sorted(_keys(jit.compiledir(), group))
-            if "gk_" + k[:32] not in jit._loaded]
+            if jit.entry_name(k) not in jit._loaded]
     if not keys:
         return
     q = _worker["queue"]
@@ -94,7 +94,7 @@ def load_ahead(group: str) -> None:
 def _load_loop(q) -> None:
     while True:
         for key in q.get():
-            name = "gk_" + key[:32]
+            name = jit.entry_name(key)
             if name in jit._loaded:
                 continue
             try:

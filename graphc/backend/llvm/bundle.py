@@ -46,7 +46,7 @@ from . import jit
 
 SUFFIX = ".bundle"
 MAX_KEYS = 256
-stats = {"bundles_loaded": 0, "kernels_from_bundles": 0, "bundles_written": 0}
+stats = {"bundles_loaded": 0, "kernels_from_bundles": 0}
 _graphs: dict = {}              # graph keys this process optimized or loaded, in order
 _loaded_libs: set = set()       # bundle keys loaded in this process
 _broken: set = set()            # bundle keys whose library did not load here
@@ -86,7 +86,7 @@ def note_graph(graph_key: str, hit: bool) -> None:
         return
     lib, keys, blocks = found
     hugemem.map_ahead(blocks)
-    names = ["gk_" + k[:32] for k in keys]
+    names = [jit.entry_name(k) for k in keys]
     missing = [n for n in names if n not in jit._loaded]
     if missing:
         addrs = jit.load_library(_lib_path(lib), missing, count=False)
@@ -118,7 +118,6 @@ def write_at_exit() -> None:
     text = json.dumps({"lib": lib, "keys": keys, "blocks": blocks}).encode()
     for g in todo:
         jit._atomic_write(_index_path(g), text)
-    stats["bundles_written"] += 1
 
 
 def _link(lib: str, keys) -> bool:

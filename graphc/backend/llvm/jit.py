@@ -629,6 +629,11 @@ def _compile(t: _Target, ir_text: str, debug: bool, title: str, optimize: bool,
     return t.tm.emit_object(mod)
 
 
+def entry_name(key: str) -> str:
+    """The symbol of the entry point cached under ``key`` (in this process and its .so)."""
+    return "gk_" + key[:32]
+
+
 def load_function(key: str, make_ir, debug=None, title: str = "", optimize: bool = True,
                   epilogue: bool = True) -> int:
     """The address, in this process, of the entry point of the code cached under ``key``.
@@ -643,7 +648,7 @@ def load_function(key: str, make_ir, debug=None, title: str = "", optimize: bool
     key covers, e.g. codegen.vector_epilogue of the spec and variant).
     """
     debug = _debug_enabled(debug)
-    name = "gk_" + key[:32]
+    name = entry_name(key)
     used[key] = None
     with _lock:
         addr = _loaded.get(name)
