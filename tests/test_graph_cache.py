@@ -285,3 +285,37 @@ def test_ifelse_branches_load_with_derived_keys(cachedir):
         d = _delta(before)
         assert d["derived"] == 2 and d["hits"] + d["misses"] == 3
     assert d["hits"] == 3
+
+
+def test_generated_code_is_compiled_once_and_loaded_from_the_compile_dir(cachedir, monkeypatch):
+    """compile_source: the linker's and scan's generated Python, kept as marshalled code; a
+    fresh process (emptied memo) loads it, a damaged entry is compiled again."""
+    src = "def f(a):\n    return a * 3 + 1\n"
+    compiled = []
+    real = compile
+
+    def counting(*a, **k):
+        compiled.append(a[1])
+        return real(*a, **k)
+    monkeypatch.setattr("builtins.compile", counting)
+    ns = {}
+    exec(graph_cache.compile_source(src, "<test code>"), ns)
+    assert ns["f"](2) == 7 and compiled == ["<test code>"]
+    entries = glob.glob(os.path.join(str(cachedir), "*.pycode"))
+    assert len(entries) == 1
+    monkeypatch.setattr(graph_cache, "_code", {})           # as in a fresh process
+    ns = {}
+    exec(graph_cache.compile_source(src, "<test code>"), ns)
+    assert ns["f"](2) == 7 and len(compiled) == 1
+    with open(entries[0], "r+b") as f:                      # damage the payload
+        f.seek(-3, 2)
+        f.write(b"\xff\xff\xff")
+    monkeypatch.setattr(graph_cache, "_code", {})
+    ns = {}
+    exec(graph_cache.compile_source(src, "<test code>"), ns)
+    assert ns["f"](2) == 7 and len(compiled) == 2
+    # another file name (it shows in tracebacks) is another entry
+    graph_cache.compile_source(src, "<other>")
+    assert len(glob.glob(os.path.join(str(cachedir), "*.pycode"))) == 2 and len(compiled) == 3
+    jit.clear_cache()
+    assert not glob.glob(os.path.join(str(cachedir), "*.pycode"))

@@ -17,8 +17,16 @@ ones) alike; numpy's allocator also gave ~400 fresh pages back and forth on ever
     at hand (7-9 ms instead of 31-35 ms for 32 MiB, measured), and fewer TLB misses.
 
     empty(shape, dtype)   like np.empty; arrays of HUGE_MIN bytes or more take a block of
-                          whole 2 MiB pages, smaller ones come from numpy
+                          whole 2 MiB pages, arrays of SLAB_MIN bytes or more a piece of
+                          one (a slab of equal pieces), smaller ones come from numpy
     zeros(shape, dtype)   the same, zero-filled
+
+Pieces: an array of SLAB_MIN..HUGE_MIN bytes takes a piece of its size class (its size
+rounded up to a quarter of its power of two: at most 25% more), carved with its siblings
+from one 2 MiB page. numpy's allocator maps each such array afresh (glibc serves them with
+mmap) and the kernel faults it in on first touch: the LeNet step's first call made 22 of
+them, 9 MiB, ~2,300 faults on the calling thread. Pieces are recycled like blocks, and
+mapped ahead like them; a page carved into pieces stays mapped (at most SLAB_BYTES of them).
 
 Blocks are recycled: when an array and every view of it are gone, its block goes to a free
 list (by size, at most CACHE_BYTES in all) and the next request of that size, or of at least
@@ -42,7 +50,9 @@ import numpy as np
 from graphc.configdefaults import config
 
 PAGE = 2 << 20              # one transparent huge page (x86-64, arm64 with 4 KiB pages)
-HUGE_MIN = 1 << 20          # smaller arrays come from numpy (a whole page would waste > half)
+HUGE_MIN = 1 << 20          # smaller arrays take a piece of a page (a whole page would waste)
+SLAB_MIN = 64 << 10         # smaller arrays come from numpy (glibc's heap, not fresh mmaps)
+SLAB_BYTES = 64 << 20       # pages carved into pieces, at most; then numpy's allocator
 CACHE_BYTES = 256 << 20     # free blocks kept for reuse; beyond that they are unmapped
 
 stats = {"mapped": 0, "reused": 0, "unmapped": 0, "ahead": 0}
@@ -74,6 +84,8 @@ _owner = [None]             # the thread holding _lock
 _returned: list = []        # (address, size) freed while their thread held _lock
 _free: dict = {}            # block size -> [address, ...] (most recently freed last)
 _cached = [0]               # bytes in _free
+_pieces: dict = {}          # piece size -> [address, ...] of free pieces
+_slab_bytes = [0]           # bytes of the pages carved into pieces
 
 
 class _Locked:
@@ -142,31 +154,74 @@ def _take(size: int):
     return addr, size, True
 
 
+def piece_size(n: int) -> int:
+    """The size class of an array of ``n`` bytes (SLAB_MIN <= n < HUGE_MIN): ``n`` rounded up
+    to a multiple of an eighth of the power of two above it (four classes per octave)."""
+    step = 1 << ((n - 1).bit_length() - 3)
+    return -(-n // step) * step
+
+
+def _take_piece(size: int):
+    """(address, fresh) of a free piece of class ``size``, else of a new page carved into
+    pieces of that size (its other pieces filed); (None, False) past SLAB_BYTES."""
+    with _locked:
+        free = _pieces.get(size)
+        if free:
+            stats["reused"] += 1
+            addr = free.pop()
+            page = addr & ~(PAGE - 1)
+            if page in _ahead:              # the first piece taken of a page mapped ahead
+                _ahead.discard(page)
+                needed.append(size)
+            return addr, False
+        if _slab_bytes[0] + PAGE > SLAB_BYTES:
+            return None, False
+        _slab_bytes[0] += PAGE
+    base = _map(PAGE)
+    with _locked:
+        if base is None:
+            _slab_bytes[0] -= PAGE
+            return None, False
+        needed.append(size)
+        _pieces.setdefault(size, []).extend(base + k * size for k in range(1, PAGE // size))
+    return base, True
+
+
 # ------------------------------------------------------------------ blocks mapped ahead
 # A process that loads a cached graph learns from the earlier process that built it which
 # blocks its calls needed (graphc/backend/llvm/bundle.py keeps the list with the graph), and
 # has them mapped and faulted in here, on a thread of their own, while it links the graph:
 # the kernel's page faults (~0.7 ms per MiB on this project's VMs, whatever the page size)
 # then happen on the other core, not in the first call.
-needed: list = []           # sizes of the blocks this process needed (mapped or taken ahead)
-_ahead: set = set()         # addresses of blocks mapped ahead and not taken yet
+# sizes of the blocks this process needed (mapped or taken ahead); a size under PAGE: a page
+# carved into pieces of that size
+needed: list = []
+_ahead: set = set()         # addresses of the blocks and pages mapped ahead, not taken yet
 AHEAD_BYTES = 128 << 20     # at most this much is mapped ahead
 _MADV_POPULATE_WRITE = 23   # Linux 5.14: fault the pages in, writable, in one call
 
 
+def _span(size: int) -> int:
+    """Bytes mapped for an entry of ``needed``: a block, or the page of a piece size; 0 for
+    anything else (a damaged note)."""
+    if size >= PAGE:
+        return size if size % PAGE == 0 else 0
+    return PAGE if SLAB_MIN <= size < HUGE_MIN and piece_size(size) == size else 0
+
+
 def map_ahead(sizes) -> None:
-    """Map and fault in blocks of ``sizes`` (bytes, multiples of PAGE, in the order they will
-    be needed) on a new thread and put them in the free lists; at most AHEAD_BYTES, once per
-    process."""
+    """Map and fault in blocks of ``sizes`` (entries of an earlier process's ``needed``, in
+    the order they will be needed) on a new thread and put them in the free lists; at most
+    AHEAD_BYTES, once per process."""
     if _LIBC is None or not config.hugepages or stats.get("ahead") or not sizes:
         return
-    sizes = [int(s) for s in sizes if int(s) > 0 and int(s) % PAGE == 0]
+    sizes = [int(s) for s in sizes if _span(int(s))]
     total, todo = 0, []
     for s in sizes:
-        if total + s > min(AHEAD_BYTES, CACHE_BYTES):
+        if total + _span(s) > min(AHEAD_BYTES, CACHE_BYTES):
             break
         todo.append(s)
-        total += s
+        total += _span(s)
     stats["ahead"] = len(todo)
     threading.Thread(target=_map_ahead, args=(todo,), name="graphc-map-ahead",
                      daemon=True).start()
@@ -178,17 +233,23 @@ def _map_ahead(sizes) -> None:
     the process's mmap lock, and while it does every other thread's mmap waits, thread
     starts and dlopen included (one 16 MiB call made a thread start on the caller's side
     wait ~50 ms; measured)."""
-    base = _map(sum(sizes))
+    base = _map(sum(map(_span, sizes)))
     if base is None:
         return
     for size in sizes:
-        for off in range(0, size, PAGE):
+        span = _span(size)
+        for off in range(0, span, PAGE):
             if _LIBC.madvise(base + off, PAGE, _MADV_POPULATE_WRITE) != 0:
                 ctypes.memset(base + off, 0, PAGE)
         with _locked:
             _ahead.add(base)
-            _file(base, size)
-        base += size
+            if size < PAGE:                 # a page of pieces
+                _slab_bytes[0] += PAGE
+                _pieces.setdefault(size, []).extend(base + k * size
+                                                    for k in range(PAGE // size))
+            else:
+                _file(base, size)
+        base += span
 
 
 def _give_back(addr: int, size: int) -> None:
@@ -200,12 +261,16 @@ def _give_back(addr: int, size: int) -> None:
 
 
 def _file(addr: int, size: int) -> None:
-    """Put a block in the free lists, or unmap it when they are full (_lock held)."""
-    if _cached[0] + size <= CACHE_BYTES:
+    """Put a block in the free lists, or unmap it when they are full; a piece in its class's
+    list (_lock held)."""
+    if size < PAGE:
+        _pieces.setdefault(size, []).append(addr)
+    elif _cached[0] + size <= CACHE_BYTES:
         _free.setdefault(size, []).append(addr)
         _cached[0] += size
     else:
         stats["unmapped"] += 1
+        _ahead.discard(addr)                # its address may be mapped again, afresh
         _LIBC.munmap(addr, size)
 
 
@@ -233,9 +298,13 @@ def _alloc(shape, dtype, zero: bool) -> np.ndarray:
     for s in shape:
         n *= s
     plain = np.zeros if zero else np.empty
-    if n < HUGE_MIN or _LIBC is None or dtype.hasobject or not config.hugepages:
+    if n < SLAB_MIN or _LIBC is None or dtype.hasobject or not config.hugepages:
         return plain(shape, dtype)
-    addr, size, fresh = _take(-(-n // PAGE) * PAGE)
+    if n < HUGE_MIN:
+        size = piece_size(n)
+        addr, fresh = _take_piece(size)
+    else:
+        addr, size, fresh = _take(-(-n // PAGE) * PAGE)
     if addr is None:
         return plain(shape, dtype)
     a = np.asarray(_Block(addr, size, shape, dtype))
@@ -245,12 +314,12 @@ def _alloc(shape, dtype, zero: bool) -> np.ndarray:
 
 
 def empty(shape, dtype=np.float64) -> np.ndarray:
-    """np.empty(shape, dtype), in recycled huge pages when it is HUGE_MIN bytes or more."""
+    """np.empty(shape, dtype), in recycled huge pages when it is SLAB_MIN bytes or more."""
     return _alloc(shape, dtype, False)
 
 
 def zeros(shape, dtype=np.float64) -> np.ndarray:
-    """np.zeros(shape, dtype), in recycled huge pages when it is HUGE_MIN bytes or more."""
+    """np.zeros(shape, dtype), in recycled huge pages when it is SLAB_MIN bytes or more."""
     return _alloc(shape, dtype, True)
 
 
@@ -260,9 +329,11 @@ def empty_like(a: np.ndarray) -> np.ndarray:
 
 
 def release_cache() -> int:
-    """Unmap every free block now; returns the bytes given back to the system."""
+    """Unmap every free block now; returns the bytes given back to the system. Pages carved
+    into pieces stay: a page goes back only as a whole, and its pieces are recycled."""
     with _locked:
         blocks = [(addr, size) for size, addrs in _free.items() for addr in addrs]
+        _ahead.difference_update(addr for addr, _ in blocks)
         _free.clear()
         _cached[0] = 0
     for addr, size in blocks:

@@ -20,6 +20,7 @@ import numpy as np
 
 from graphc.backend.kernel_spec import DTYPES
 from graphc.backend.llvm.blas import SMALL_PRODUCT, gemm_into, step_loops
+from graphc.compile.graph_cache import compile_source
 from graphc.configdefaults import config
 from graphc.link import hugemem
 from graphc.link.py import make_storage, node_error
@@ -190,14 +191,10 @@ def _make_step1(ins, out, dest, reuse, kept, dtype, fast, slow, inplace=(None, N
         new_output = f"in{j}[0] if use_input[0] else {new_output}"
     src = _STEP1.format(vals="".join(f"in{k}[0], " for k in range(len(ins))),
                         new_output=new_output)
-    code = _STEP1_CODE.get(src)
-    if code is None:        # compile() costs ~0.3 ms; steps of the same shape share the code
-        code = _STEP1_CODE[src] = compile(src, "<graphc fused step>", "exec")
-    exec(code, env)
+    exec(compile_source(src, "<graphc fused step>"), env)
     return env["step1"]
 
 
-_STEP1_CODE: Dict[str, object] = {}         # _STEP1 source -> its code object
 
 
 def _call(kernel, vals, arrays):

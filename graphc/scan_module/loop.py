@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphc.compile.graph_cache import compile_source
 from graphc.link import hugemem
 
 
@@ -165,8 +166,8 @@ def _generate(n_seqs, state_taps, lags, state_ndims, n_final, n_nit, as_while, l
     src += ["    except Exception as e:", "        e.scan_step = t", "        raise",
             "    return n"]
     namespace = {"StepShapeError": StepShapeError}
-    exec(compile("\n".join(src), f"<scan loop {key_str(n_seqs, state_taps, n_final, n_nit)}>",
-                 "exec"), namespace)
+    exec(compile_source("\n".join(src),
+                        f"<scan loop {key_str(n_seqs, state_taps, n_final, n_nit)}>"), namespace)
     loop = namespace["loop"]
     loop.source = "\n".join(src)
     return loop

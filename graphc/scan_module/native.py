@@ -31,6 +31,7 @@ results equal the loop's; the fused kernels are taken in their pointer-argument 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 
 import numpy as np
 
@@ -128,19 +129,24 @@ def _interpreter_ir() -> str:
 def _interpreter() -> int:
     if not _region:
         from graphc.backend.llvm import jit
-        text = _interpreter_ir()
         addr = jit.load_function(
-            _interpreter_key(), lambda: text.replace("ENTRY_NAME", jit.PLACEHOLDER),
+            _interpreter_key(), lambda: _interpreter_ir().replace("ENTRY_NAME", jit.PLACEHOLDER),
             title="scan native steps", optimize=1)
         _region[:] = [addr]
     return _region[0]
 
 
 def _interpreter_key() -> str:
-    """Its cache key, from its IR text (built once per process: ~1 ms)."""
+    """Its cache key, from this module's source text, which generates the IR (read once per
+    process; building the IR to hash it would cost ~1 ms in every warm process)."""
     if not _key:
         from graphc.backend.llvm import jit
-        _key.append(jit.cache_key("scan-native-steps", "O1", _interpreter_ir()))
+        try:
+            with open(__file__, "rb") as f:
+                source = hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            source = _interpreter_ir()
+        _key.append(jit.cache_key("scan-native-steps", "O1", source))
     return _key[0]
 
 

@@ -168,3 +168,60 @@ def test_a_child_forked_while_the_lock_is_held_can_allocate():
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert done and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("n", [hugemem.SLAB_MIN, hugemem.SLAB_MIN + 1, 100_000, 131_073,
+                               600_000, hugemem.HUGE_MIN - 1])
+def test_piece_classes_round_up_by_at_most_a_quarter_and_fit_a_page(n):
+    size = hugemem.piece_size(n)
+    assert n <= size <= 1.25 * n and hugemem.PAGE // size >= 2
+    assert hugemem.piece_size(size) == size
+
+
+def test_mid_sized_arrays_take_recycled_pieces_of_one_page(monkeypatch):
+    monkeypatch.setattr(hugemem, "_pieces", {})
+    monkeypatch.setattr(hugemem, "needed", [])
+    a = hugemem.empty((250, 100), np.float32)           # 100,000 bytes: class 114,688
+    size = hugemem.piece_size(100_000)
+    assert isinstance(a.base, hugemem._Block) and a.ctypes.data % hugemem.PAGE % size == 0
+    assert hugemem.needed == [size]                     # one page carved
+    siblings = [hugemem.zeros((250, 100), np.float32) for _ in range(hugemem.PAGE // size - 1)]
+    pages = {x.ctypes.data & ~(hugemem.PAGE - 1) for x in [a] + siblings}
+    assert len(pages) == 1 and hugemem.needed == [size]
+    assert len({x.ctypes.data for x in [a] + siblings}) == hugemem.PAGE // size
+    a.fill(3.0)
+    addr = a.ctypes.data
+    del a
+    b = hugemem.zeros((250, 100), np.float32)           # the freed piece, cleared
+    assert b.ctypes.data == addr and not b.any()
+    c = hugemem.empty(100_000, np.uint8)                # the page is full: a second one
+    assert c.ctypes.data & ~(hugemem.PAGE - 1) not in pages
+    assert hugemem.needed == [size, size]
+    assert hugemem.empty(hugemem.SLAB_MIN - 1, np.uint8).base is None
+
+
+def test_past_the_slab_budget_pieces_come_from_numpy(monkeypatch):
+    monkeypatch.setattr(hugemem, "_pieces", {})
+    monkeypatch.setattr(hugemem, "_slab_bytes", [hugemem.SLAB_BYTES])
+    a = hugemem.empty(200_000, np.uint8)
+    assert a.base is None and a.shape == (200_000,)
+
+
+def test_pages_of_pieces_mapped_ahead_are_taken_without_a_fault(monkeypatch):
+    import time
+    monkeypatch.setitem(hugemem.stats, "ahead", 0)
+    monkeypatch.setattr(hugemem, "_ahead", set())
+    monkeypatch.setattr(hugemem, "needed", [])
+    monkeypatch.setattr(hugemem, "_pieces", {})
+    size = hugemem.piece_size(300_000)
+    hugemem.map_ahead([size, hugemem.PAGE, 300_001])     # 300,001: not a piece class
+    assert hugemem.stats["ahead"] == 2
+    deadline = time.time() + 20
+    while len(hugemem._ahead) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    mapped = hugemem.stats["mapped"]
+    pieces = [hugemem.empty(300_000, np.uint8) for _ in range(hugemem.PAGE // size)]
+    assert hugemem.stats["mapped"] == mapped
+    assert hugemem.needed == [size]                     # the page counts once
+    assert len(hugemem._ahead) == 1                     # the block is not taken yet
+    del pieces

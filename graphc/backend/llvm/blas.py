@@ -164,23 +164,39 @@ _blas_paths: list = []                   # _numpy_blas_libs' answer, once found
 
 def _numpy_blas_libs():
     """Paths of the loaded shared libraries that look like numpy's BLAS (found once: the gemm
-    and thread-count lookups both ask, and reading /proc/self/maps costs ~1 ms in a process
-    that has loaded its kernels' libraries)."""
+    and thread-count lookups both ask). The libraries bundled in numpy's wheel are tried
+    first, each asked of the dynamic loader without loading it (RTLD_NOLOAD); only when none
+    of them is loaded is /proc/self/maps read (~1-2 ms in a process that has loaded its
+    kernels' libraries)."""
     if _blas_paths:
         return list(_blas_paths)
     import numpy
     pkg = os.path.dirname(os.path.abspath(numpy.__file__))
     roots = (pkg + os.sep, pkg + ".libs" + os.sep)     # the wheel's bundled libraries
     paths = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.split()[-1] if line.count("/") else ""
-                if path.startswith(roots) and "blas" in os.path.basename(path).lower() and \
-                        path not in paths:
-                    paths.append(path)
-    except OSError:
-        pass
+    noload = getattr(os, "RTLD_NOLOAD", 0)
+    for root in roots if noload else ():
+        try:
+            names = sorted(os.listdir(root))
+        except OSError:
+            continue
+        for name in names:
+            if "blas" in name.lower() and ".so" in name:
+                try:
+                    ctypes.CDLL(root + name, mode=noload | os.RTLD_LAZY)
+                except OSError:             # not loaded in this process
+                    continue
+                paths.append(root + name)
+    if not paths:
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    path = line.split()[-1] if line.count("/") else ""
+                    if path.startswith(roots) and "blas" in os.path.basename(path).lower() \
+                            and path not in paths:
+                        paths.append(path)
+        except OSError:
+            pass
     _blas_paths.extend(paths)
     return paths
 

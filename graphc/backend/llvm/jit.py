@@ -574,7 +574,8 @@ def cache_info() -> dict:
 
 def clear_cache() -> None:
     """Remove every cache entry (and temporaries left by killed writers) from the directory,
-    the optimized graphs of graphc/compile/graph_cache.py (``.graph``), the lists of
+    the optimized graphs and generated Python code of graphc/compile/graph_cache.py
+    (``.graph``, ``.pycode``), the lists of
     backend/llvm/ahead.py (``.uses``) and the bundles of bundle.py (``.bundle``) included.
 
     Functions already loaded into this process stay loaded (their addresses are in use).
@@ -593,7 +594,8 @@ def clear_cache() -> None:
         path = os.path.join(d, name)
         if name.startswith(".tmp-link-"):
             shutil.rmtree(path, ignore_errors=True)
-        elif name.endswith((".o", ".so", ".ok", ".part", ".graph", ".uses", ".bundle")) or (
+        elif name.endswith((".o", ".so", ".ok", ".part", ".graph", ".pycode", ".uses",
+                            ".bundle")) or (
                 name.startswith("host-") and name.endswith(".json")):
             try:
                 os.unlink(path)
