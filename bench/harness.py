@@ -259,6 +259,7 @@ def run_workload(w, fw, args, emit):
             fresh = {k: v.copy() for k, v in inp.items()}
             t0 = time.perf_counter()
             step, collect = w.build(fw, fresh, variant)
+            res["build_s"] = time.perf_counter() - t0
             raw = step()
             fw.sync(raw)
             res["first_call_s"] = time.perf_counter() - t0

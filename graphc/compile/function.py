@@ -244,8 +244,9 @@ def preload() -> None:
     """Import what the first ``function()`` call of a process would otherwise import inside
     its own compile: the rewrite pipeline, the scan rewrites and the default CPU backend
     with its native step makers (~45 ms of module loading, more than the rest of a small
-    graph's warm-cache compile), and hash graphc's sources for the graph cache (~3 ms).
-    ``import graphc`` calls this once, after its own imports."""
+    graph's warm-cache compile), and hash graphc's sources for the graph cache (~3 ms); on a
+    cold compile dir, start loading LLVM on a thread (jit.warm_up). ``import graphc`` calls
+    this once, after its own imports."""
     import graphc.rewriting.pipeline  # noqa: F401
     import graphc.scan_module.rewrites  # noqa: F401
     import graphc.scan_module.store  # noqa: F401
@@ -259,8 +260,10 @@ def preload() -> None:
         import graphc.backend.llvm.softmax  # noqa: F401
         import graphc.backend.llvm.col2im  # noqa: F401
         import graphc.backend.llvm.maxpool  # noqa: F401
+        from graphc.backend.llvm import jit
     except ImportError:         # no llvmlite: resolve_linker falls back to the Python linker
-        pass
+        return
+    jit.warm_up()               # a cold compile dir: LLVM loads on a thread from now on
 
 
 def _get_linker(name):

@@ -99,6 +99,12 @@ class InnerFunction:
         # (the LLVM backend's fused kernels take it; other backends have none)
         self.dest_cells: List[Optional[list]] = list(
             getattr(self.run, "destinations", None) or [None] * len(self.out_cells))
+        if getattr(self.run, "destinations", None) is not None:     # the LLVM linker's
+            # a loop runs its step's small kernels through the builtin trampoline thousands
+            # of times: on a cold cache, have it compile now, before the step's kernels,
+            # rather than after them as a plan of a single call would (kernel.py)
+            from graphc.backend.llvm import pycall
+            pycall.prefetch()
 
     def __call__(self, values):
         for cell, v in zip(self.in_cells, values):

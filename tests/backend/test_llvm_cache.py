@@ -258,7 +258,8 @@ print(json.dumps({"ok": out.tolist() == (x * 2.5).tolist(), "started": started,
 
 def test_trampoline_is_prefetched_and_unoptimized(tmp_path):
     """The first small plan of a process starts loading the call trampoline (pycall.py) on a
-    thread while its kernel compiles, and runs through ctypes until it is loaded; the
+    thread once its kernel is compiled (before, the kernel's compile would wait for it:
+    llvmlite runs one LLVM call at a time), and runs through ctypes until it is loaded; the
     trampoline is compiled without the optimizer, under a key that says so. (A fresh
     process: the trampoline is made once per process.)"""
     env = dict(os.environ, GRAPHC_COMPILEDIR=str(tmp_path),
@@ -273,6 +274,37 @@ def test_trampoline_is_prefetched_and_unoptimized(tmp_path):
     assert r["started"] == ["graphc-pycall"] and r["native"]
     assert [r["key"], False] in r["compiled"]
     assert sum(1 for key, optimize in r["compiled"] if not optimize) == 1
+    assert r["compiled"][0][1] is True          # the kernel first, then the trampoline
+
+
+_WARM_UP_CHILD = """
+import json, os, threading
+import graphc
+from graphc.backend.llvm import jit
+names = [t.name for t in threading.enumerate()]
+for t in threading.enumerate():
+    if t.name == "graphc-llvm-init":
+        t.join()
+print(json.dumps({"names": names, "llvm": jit.llvm is not None,
+                  "host": sorted(n for n in os.listdir(jit.compiledir()) if n.startswith("host-"))}))
+"""
+
+
+def test_a_cold_compile_dir_loads_llvm_on_a_thread_at_import(tmp_path):
+    """``import graphc`` on a cold compile dir starts loading LLVM on a thread (jit.warm_up);
+    once the dir knows the machine (host-*.json), a process does not load LLVM at all."""
+    env = dict(os.environ, GRAPHC_COMPILEDIR=str(tmp_path),
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", _WARM_UP_CHILD], env=env, text=True,
+                              capture_output=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    cold, warm = runs
+    assert "graphc-llvm-init" in cold["names"] and cold["llvm"] and len(cold["host"]) == 1
+    assert "graphc-llvm-init" not in warm["names"] and not warm["llvm"]
+    assert warm["host"] == cold["host"]
 
 
 def test_call_overhead():

@@ -208,11 +208,8 @@ def _host():
     cache keys, so the answer is remembered in the compile dir under a hash of the cpuinfo
     fingerprint (``host-<hash>.json``) and read back from there.
     """
-    fp = _host_fingerprint()
-    path = None
-    if fp is not None:
-        digest = hashlib.sha256(fp.encode()).hexdigest()[:32]
-        path = os.path.join(compiledir(), f"host-{digest}.json")
+    path = _host_path()
+    if path is not None:
         try:
             with open(path) as f:
                 info = json.load(f)
@@ -224,6 +221,33 @@ def _host():
     if path is not None:
         _atomic_write(path, json.dumps(info).encode())
     return info["cpu"], info["features"], info["llvm"]
+
+
+def _host_path():
+    """Where _host() remembers LLVM's answer for this machine, or None (no fingerprint)."""
+    fp = _host_fingerprint()
+    if fp is None:
+        return None
+    return os.path.join(compiledir(), f"host-{hashlib.sha256(fp.encode()).hexdigest()[:32]}.json")
+
+
+def warm_up() -> None:
+    """On a cold compile dir (``_host()`` has not remembered this machine there yet), import
+    llvmlite.binding and set up the target machine now, on a background thread: ``import
+    graphc`` calls this. The first compile of a cold process would otherwise do it inside
+    the user's first call (~25-35 ms: loading libllvmlite takes most of it); this way it
+    overlaps whatever the program does in between. A warm dir needs no LLVM: nothing then."""
+    path = _host_path()
+    if llvm is not None or (path is not None and os.path.exists(path)):
+        return
+    threading.Thread(target=_warm_up_quietly, name="graphc-llvm-init", daemon=True).start()
+
+
+def _warm_up_quietly():
+    try:
+        _host()
+    except Exception:           # the first compile sets it up again and reports
+        pass
 
 
 _source_hashes: dict = {}

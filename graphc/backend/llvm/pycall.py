@@ -240,9 +240,11 @@ def _load_quietly():
 
 def prefetch() -> None:
     """Start loading (on a cold cache: compiling) the trampoline on a background thread.
-    Kernel plans call this before compiling a kernel whose plan will get a builtin: LLVM
-    releases the GIL, so the trampoline's ~7 ms of code generation overlap the kernel's IR
-    building in Python; builtin_call then waits for it (``_lock``)."""
+    Kernel plans call this once their kernel is compiled, when the plan will get a builtin:
+    LLVM releases the GIL, so the trampoline's ~7 ms of code generation overlap the Python
+    that follows (the first call runs through ctypes meanwhile: ``loading``). Not before the
+    kernel's compile: llvmlite runs one LLVM call at a time, so the kernel would wait for
+    the trampoline."""
     global _prefetching
     if not AVAILABLE or _method is not None or _prefetching:
         return
