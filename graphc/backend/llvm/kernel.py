@@ -427,15 +427,17 @@ class Kernel:
         variant = Variant(mode, ndim, groups.count(False) if mode == "reduce" else 0,
                           tuple(inner), pyobj, split, outer)
         total = int(np.prod(lshape))
+        if pyobj and mode != "accumulate" and total < parallel_min():
+            # this plan will want a builtin: load it meanwhile. On a cold cache, before the
+            # kernel's compile, although the kernel then waits for it (llvmlite runs one LLVM
+            # call at a time; ~15 ms of a cold first call): compiled after it, on a thread
+            # that a busy caller's GIL lets run only every switch interval, it took ~0.3 s,
+            # and the calls meanwhile ran through ctypes (2.5 -> 11.5 us per dispatch call)
+            pycall.prefetch()
         if not wait and not self._available(variant):
             self._compile_later(variant)
             return None
         plan.fn = self.compile_variant(variant)
-        if pyobj and mode != "accumulate" and total < parallel_min():
-            # this plan will want a builtin: load it meanwhile. Only now: on a cold cache
-            # the trampoline's compile would hold up this kernel's (llvmlite runs one LLVM
-            # call at a time), ~20-30 ms of a cold first call (measured)
-            pycall.prefetch()
         plan.meta = np.array(lshape + [x for s in lstrides for x in s], dtype=np.int64)
         plan.meta_ptr = plan.meta.ctypes.data
         plan.n0 = lshape[split]

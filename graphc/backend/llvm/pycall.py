@@ -240,11 +240,10 @@ def _load_quietly():
 
 def prefetch() -> None:
     """Start loading (on a cold cache: compiling) the trampoline on a background thread.
-    Kernel plans call this once their kernel is compiled, when the plan will get a builtin:
-    LLVM releases the GIL, so the trampoline's ~7 ms of code generation overlap the Python
-    that follows (the first call runs through ctypes meanwhile: ``loading``). Not before the
-    kernel's compile: llvmlite runs one LLVM call at a time, so the kernel would wait for
-    the trampoline."""
+    Kernel plans call this before compiling a kernel whose plan will get a builtin, and scan
+    when it links a loop's step: LLVM releases the GIL, so the trampoline's ~7 ms of code
+    generation overlap the IR building in Python; calls made before it is loaded run through
+    ctypes (``loading``)."""
     global _prefetching
     if not AVAILABLE or _method is not None or _prefetching:
         return
