@@ -13,6 +13,7 @@ a new buffer; nothing is recompiled, since kernels take shapes and strides at ru
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Dict, List
 
@@ -115,7 +116,10 @@ def _fused_step(node, ins, outs, reuse, dests=None) -> Callable:
         # signature and then returns the output; else it runs nothing and returns another
         # object (see _plan_call). Kernel.__call__'s signature key costs more than the
         # kernel itself on small arrays.
-        fast = [_no_plan, ()]               # plan call, output shape of the previous call
+        # plan call, output shape of the previous call, the allocator for that shape (numpy's
+        # own below hugemem's sizes: hugemem.empty's checks cost ~0.5 us, a fifth of a
+        # call of the dispatch workload's 200-op chain on 10 floats)
+        fast = [_no_plan, (), hugemem.empty]
         get = bufs.get
 
         j0 = destroy.get(0)
@@ -131,6 +135,8 @@ def _fused_step(node, ins, outs, reuse, dests=None) -> Callable:
                 a = get(0, oshape, out_dtypes[0])
             vals = _call(kernel, vals, [a])
             fast[0], fast[1] = _plan_call(kernel, vals, a), oshape
+            fast[2] = np.empty if math.prod(oshape) * out_dtypes[0].itemsize < hugemem.SLAB_MIN \
+                else hugemem.empty
             return a
         return _make_step1(ins, outs[0], dests[0] or [None], reuse, bufs.arrays,
                            out_dtypes[0], fast, slow, inplace=(j0, use_input))
@@ -182,11 +188,11 @@ def _make_step1(ins, out, dest, reuse, kept, dtype, fast, slow, inplace=(None, N
     a new array of the previous call's shape; ``fast[0]`` rejects it if the shape changed,
     and ``slow`` if it cannot take the output."""
     j, use_input = inplace
-    env = {"dest": dest, "out": out, "kept": kept, "empty": hugemem.empty, "dtype": dtype,
+    env = {"dest": dest, "out": out, "kept": kept, "dtype": dtype,
            "fast": fast, "slow": slow, "use_input": use_input}
     for k, cell in enumerate(ins):
         env[f"in{k}"] = cell
-    new_output = "kept[0]" if reuse else "empty(fast[1], dtype)"
+    new_output = "kept[0]" if reuse else "fast[2](fast[1], dtype)"
     if j is not None:
         new_output = f"in{j}[0] if use_input[0] else {new_output}"
     src = _STEP1.format(vals="".join(f"in{k}[0], " for k in range(len(ins))),

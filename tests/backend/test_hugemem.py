@@ -225,3 +225,18 @@ def test_pages_of_pieces_mapped_ahead_are_taken_without_a_fault(monkeypatch):
     assert hugemem.needed == [size]                     # the page counts once
     assert len(hugemem._ahead) == 1                     # the block is not taken yet
     del pieces
+
+
+def test_a_fused_output_takes_numpys_allocator_below_the_piece_sizes():
+    """The linker's one-output fused step allocates with np.empty itself when the output is
+    under SLAB_MIN (hugemem.empty's checks cost more than the kernel of a small op), and
+    switches when the next call's shape is large."""
+    x = T.fvector("x")
+    f = graphc.function([x], T.tanh(x) * 2 + 1)
+    small = f(np.ones(10, np.float32))
+    assert small.base is None
+    np.testing.assert_allclose(small, np.tanh(1.0) * 2 + 1, rtol=1e-6)
+    big = f(np.ones(hugemem.SLAB_MIN, np.float32))          # 256 KiB
+    assert isinstance(big.base, hugemem._Block)
+    np.testing.assert_allclose(big, np.tanh(1.0) * 2 + 1, rtol=1e-6)
+    assert f(np.ones(3, np.float32)).base is None
