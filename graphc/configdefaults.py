@@ -83,9 +83,10 @@ FLAGS = [
     Flag("allow_gc", True, "Free the intermediate results a compiled function allocates per "
          "call (loop buffers, arrays of ops run on numpy) after their last use in the call; "
          "False: keep them until the next call replaces them.", parse=_bool),
-    Flag("hugepages", True, "Allocate the arrays of 1 MiB or more that compiled functions make "
-         "in transparent huge pages, recycled across calls (graphc/link/hugemem.py); False: "
-         "plain numpy allocations.", parse=_bool),
+    Flag("hugepages", True, "Allocate the arrays of 64 KiB or more that compiled functions "
+         "make in transparent huge pages (from 1 MiB whole pages, below pieces of one), "
+         "recycled across calls (graphc/link/hugemem.py); False: plain numpy allocations.",
+         parse=_bool),
     Flag("graph_cache", True, "Keep optimized graphs in the compile dir, so that a later "
          "process compiling the same graph skips the rewrite passes "
          "(graphc/compile/graph_cache.py).", parse=_bool),
