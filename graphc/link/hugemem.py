@@ -21,11 +21,11 @@ ones) alike; numpy's allocator also gave ~400 fresh pages back and forth on ever
                           one (a slab of equal pieces), smaller ones come from numpy
     zeros(shape, dtype)   the same, zero-filled
 
-Pieces: an array of SLAB_MIN..HUGE_MIN bytes takes a piece of its size class (its size
-rounded up to a quarter of its power of two: at most 25% more), carved with its siblings
-from one 2 MiB page. numpy's allocator maps each such array afresh (glibc serves them with
-mmap) and the kernel faults it in on first touch: the LeNet step's first call made 22 of
-them, 9 MiB, ~2,300 faults on the calling thread. Pieces are recycled like blocks, and
+Pieces: an array of SLAB_MIN..HUGE_MIN bytes takes a piece of its size class (``piece_size``:
+four classes per octave, at most 25% more than asked), carved with its siblings from one
+2 MiB page. numpy's allocator maps each such array afresh (glibc serves them with mmap) and
+the kernel faults it in on first touch: the LeNet step's first call made 22 of them, 9 MiB,
+and took ~2,600 faults in all (~240 with pieces). Pieces are recycled like blocks, and
 mapped ahead like them; a page carved into pieces stays mapped (at most SLAB_BYTES of them).
 
 Blocks are recycled: when an array and every view of it are gone, its block goes to a free
@@ -156,7 +156,7 @@ def _take(size: int):
 
 def piece_size(n: int) -> int:
     """The size class of an array of ``n`` bytes (SLAB_MIN <= n < HUGE_MIN): ``n`` rounded up
-    to a multiple of an eighth of the power of two above it (four classes per octave)."""
+    to a multiple of an eighth of the smallest power of two >= n (four classes per octave)."""
     step = 1 << ((n - 1).bit_length() - 3)
     return -(-n // step) * step
 

@@ -201,8 +201,6 @@ def _make_step1(ins, out, dest, reuse, kept, dtype, fast, slow, inplace=(None, N
     return env["step1"]
 
 
-
-
 def _call(kernel, vals, arrays):
     """kernel(vals, arrays); numpy scalars (some numpy performs return them for 0-d
     results) are passed as 0-d arrays.  Returns the inputs as passed."""
