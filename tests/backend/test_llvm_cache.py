@@ -412,3 +412,32 @@ def test_fork_while_a_compile_holds_the_locks():
             pytest.fail("the forked child hung on a lock held at fork time")
         time.sleep(0.05)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+_FORK_AFTER_IMPORT_CHILD = """
+import os, sys, threading
+import numpy as np
+import graphc
+import graphc.tensor as T
+assert any(t.name == "graphc-llvm-init" for t in threading.enumerate())   # cold dir
+pid = os.fork()                     # at once: warm_up's thread is still loading LLVM
+if pid == 0:
+    x = T.fvector("x")
+    f = graphc.function([x], T.tanh(x) * 3)     # compiles: needs llvmlite in the child
+    ok = np.allclose(f(np.ones(5, np.float32)), np.tanh(1.0) * 3)
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_llvm_loads_can_compile(tmp_path):
+    """warm_up's thread is let finish before a fork: a child forked right after ``import
+    graphc`` on a cold dir compiles (a half-imported llvmlite would hang or fail it)."""
+    env = dict(os.environ, GRAPHC_COMPILEDIR=str(tmp_path),
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _FORK_AFTER_IMPORT_CHILD], env=env, text=True,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "0"
