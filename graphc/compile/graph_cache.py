@@ -241,8 +241,19 @@ def derived(name):
         _local.derived = outer
 
 
-def _path(k: str) -> str:
-    return os.path.join(compiledir(), k + ".graph")
+def _path(k: str, suffix: str = ".graph") -> str:
+    return os.path.join(compiledir(), k + suffix)
+
+
+def _unwrap(blob: bytes, magic: bytes):
+    """The payload of an entry written by ``_write`` with ``magic``, or None when damaged."""
+    if len(blob) < _HEADER.size:
+        return None
+    got, length, digest = _HEADER.unpack(blob[:_HEADER.size])
+    payload = blob[_HEADER.size:]
+    if got != magic or length != len(payload) or hashlib.sha256(payload).digest() != digest:
+        return None
+    return payload
 
 
 def optimized(fgraph, mode, trace):
@@ -299,13 +310,8 @@ def _load(k: str, fgraph):
     except OSError:
         stats["misses"] += 1
         return None
-    loaded = None
-    if len(blob) >= _HEADER.size:
-        magic, length, digest = _HEADER.unpack(blob[:_HEADER.size])
-        payload = blob[_HEADER.size:]
-        if magic == _MAGIC and length == len(payload) and \
-                hashlib.sha256(payload).digest() == digest:
-            loaded = _unpack(payload, fgraph, k)
+    payload = _unwrap(blob, _MAGIC)
+    loaded = None if payload is None else _unpack(payload, fgraph, k)
     if loaded is None:
         stats["rebuilt_corrupt"] += 1
         return None
@@ -339,15 +345,20 @@ def _same_kind(a, b) -> bool:
                       and getattr(a, "ndim", None) == getattr(b, "ndim", 0))
 
 
-def _store(k: str, payload: bytes, suffix=".graph", magic=_MAGIC) -> None:
+def _store(k: str, payload: bytes) -> None:
+    if _write(_path(k), _MAGIC, payload):
+        stats["stored"] += 1
+
+
+def _write(path: str, magic: bytes, payload: bytes) -> bool:
+    """Write ``payload`` under a header (magic, length, sha256) that ``_unwrap`` checks."""
     try:        # the kernel cache's writer: temporary file + rename, failures only logged
         from graphc.backend.llvm.jit import _atomic_write
     except ImportError:                     # no llvmlite: no compile dir to share
-        return
-    head = _HEADER.pack(magic, len(payload), hashlib.sha256(payload).digest())
-    _atomic_write(os.path.join(compiledir(), k + suffix), head, payload)
-    if suffix == ".graph":
-        stats["stored"] += 1
+        return False
+    _atomic_write(path, _HEADER.pack(magic, len(payload), hashlib.sha256(payload).digest()),
+                  payload)
+    return True
 
 
 # ----------------------------------------------------------------------------- generated code
@@ -367,20 +378,16 @@ def compile_source(src: str, filename: str):
     from importlib.util import MAGIC_NUMBER
     k = hashlib.sha256(b"\0".join([sys.version.encode(), MAGIC_NUMBER, filename.encode(),
                                     src.encode()])).hexdigest()
-    path = os.path.join(compiledir(), k + ".pycode")
+    path = _path(k, ".pycode")
     try:
         with open(path, "rb") as f:
-            blob = f.read()
-        magic, length, digest = _HEADER.unpack(blob[:_HEADER.size])
-        payload = blob[_HEADER.size:]
-        if magic == _CODE_MAGIC and length == len(payload) and \
-                hashlib.sha256(payload).digest() == digest:
-            code = marshal.loads(payload)
-    except (OSError, struct.error, ValueError, EOFError, TypeError):
+            payload = _unwrap(f.read(), _CODE_MAGIC)
+        code = None if payload is None else marshal.loads(payload)
+    except (OSError, ValueError, EOFError, TypeError):
         code = None
     if code is None:
         code = compile(src, filename, "exec")
         if config.graph_cache:
-            _store(k, marshal.dumps(code), ".pycode", _CODE_MAGIC)
+            _write(path, _CODE_MAGIC, marshal.dumps(code))
     _code[(src, filename)] = code
     return code

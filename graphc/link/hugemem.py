@@ -323,6 +323,15 @@ def zeros(shape, dtype=np.float64) -> np.ndarray:
     return _alloc(shape, dtype, True)
 
 
+def allocator(nbytes: int):
+    """The function ``empty`` would end up calling for arrays of ``nbytes``: np.empty below
+    SLAB_MIN (or with huge pages off), else ``empty``. For callers that allocate the same
+    size over and over (the linker's fused steps) and skip ``empty``'s checks that way."""
+    if nbytes < SLAB_MIN or _LIBC is None or not config.hugepages:
+        return np.empty
+    return empty
+
+
 def empty_like(a: np.ndarray) -> np.ndarray:
     """A C-contiguous array of ``a``'s shape and dtype (see ``empty``)."""
     return empty(a.shape, a.dtype)

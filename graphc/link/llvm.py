@@ -135,8 +135,7 @@ def _fused_step(node, ins, outs, reuse, dests=None) -> Callable:
                 a = get(0, oshape, out_dtypes[0])
             vals = _call(kernel, vals, [a])
             fast[0], fast[1] = _plan_call(kernel, vals, a), oshape
-            fast[2] = np.empty if math.prod(oshape) * out_dtypes[0].itemsize < hugemem.SLAB_MIN \
-                else hugemem.empty
+            fast[2] = hugemem.allocator(math.prod(oshape) * out_dtypes[0].itemsize)
             return a
         return _make_step1(ins, outs[0], dests[0] or [None], reuse, bufs.arrays,
                            out_dtypes[0], fast, slow, inplace=(j0, use_input))

@@ -97,12 +97,11 @@ class InnerFunction:
         self.run = self.fn._run
         # per output, a cell through which the loop may lend the array to write it into
         # (the LLVM backend's fused kernels take it; other backends have none)
-        self.dest_cells: List[Optional[list]] = list(
-            getattr(self.run, "destinations", None) or [None] * len(self.out_cells))
-        if getattr(self.run, "destinations", None) is not None:     # the LLVM linker's
+        dests = getattr(self.run, "destinations", None)
+        self.dest_cells: List[Optional[list]] = list(dests or [None] * len(self.out_cells))
+        if dests is not None:               # the LLVM linker's
             # a loop runs its step's small kernels through the builtin trampoline thousands
-            # of times: on a cold cache, have it compile now, before the step's kernels,
-            # rather than after them as a plan of a single call would (kernel.py)
+            # of times: on a cold cache, have it compile now, ahead of the step's first plan
             from graphc.backend.llvm import pycall
             pycall.prefetch()
 
