@@ -71,7 +71,8 @@ def _lstm(batch, hidden, steps, n_in=8, seed=0):
 @pytest.mark.parametrize("batch", [8, 12, 32])
 def test_lstm_forward_and_gradient_loops_run_natively(batch, steps):
     got, ref, ran = _run_both(_lstm(batch, 16, steps), want_native=2)
-    assert ran == {"native": 2, "python": 0}         # the forward loop and its gradient's
+    # the forward loop and its gradient's
+    assert ran == {"native": 2, "python": 0, "reused": 0}
     for g, r in zip(got, ref):
         # the same kernels in the same order of operations: the same numbers
         np.testing.assert_array_equal(g, r)
@@ -120,7 +121,7 @@ def test_elementwise_loop(n):
     for g, r in zip(got, ref):
         np.testing.assert_array_equal(g, r)
     if n < native.MIN_STEPS:
-        assert ran == {"native": 0, "python": 0}
+        assert ran == {"native": 0, "python": 0, "reused": 0}
     else:
         assert ran["native"] >= 1
 
@@ -242,3 +243,84 @@ def test_loops_of_other_shapes(make):
         np.testing.assert_array_equal(g, r)
     if must:
         assert ran["native"] >= 1, ran
+
+
+def test_later_calls_run_every_step_natively_on_their_own_arrays():
+    """A later call relocates the first call's program to its own arrays: new inputs, new
+    weights (set_value makes a new array), a final-value state (the gradient loop's), and
+    the same numbers as the Python loop; a call of another batch size is analysed anew."""
+    batch, H, steps, n_in = 12, 16, 11, 8
+    results = {}
+    for flag in (True, False):
+        old = config.scan_native
+        config.scan_native = flag
+        try:
+            rng = np.random.default_rng(5)
+            x = T.ftensor3("x")
+            Wh = theano.shared((rng.standard_normal((H, 4 * H)) / 4).astype("float32"))
+            Wx = theano.shared((rng.standard_normal((n_in, 4 * H)) / 3).astype("float32"))
+            b = theano.shared(np.zeros(4 * H, "float32"))
+
+            def cell(x_t, h, c, Wx, Wh, b):
+                z = T.dot(x_t, Wx) + T.dot(h, Wh) + b
+                i, f = nnet.sigmoid(z[:, :H]), nnet.sigmoid(z[:, H:2 * H])
+                g, o = T.tanh(z[:, 2 * H:3 * H]), nnet.sigmoid(z[:, 3 * H:])
+                c = f * c + i * g
+                return o * T.tanh(c), c
+            h0 = T.zeros((x.shape[1], H), dtype="float32")
+            (hs, cs), _ = theano.scan(cell, sequences=x, outputs_info=[h0, h0],
+                                      non_sequences=[Wx, Wh, b])
+            loss = (hs[-1] * hs[-1]).sum() + cs.mean()
+            f = theano.function([x], [loss, hs] + theano.grad(loss, [Wx, Wh, b]))
+            data = np.random.default_rng(9)
+            xs = [data.standard_normal((steps, batch, n_in)).astype("float32")
+                  for _ in range(3)]
+            w2 = data.standard_normal((H, 4 * H)).astype("float32") / 4
+            out = [_call(f, (xs[0],), 2 if flag else 0)[0]]
+            before = dict(native.stats)
+            out.append([np.asarray(r) for r in f(xs[1])])
+            Wh.set_value(w2)                        # a new array for a non-sequence
+            out.append([np.asarray(r) for r in f(xs[2])])
+            out.append([np.asarray(r) for r in f(xs[0])])
+            ran = {k: native.stats[k] - before[k] for k in before}
+            small = data.standard_normal((steps, 8, n_in)).astype("float32")
+            before = dict(native.stats)
+            out.append([np.asarray(r) for r in f(small)])      # another batch size
+            ran_small = {k: native.stats[k] - before[k] for k in before}
+            results[flag] = out, ran, ran_small
+        finally:
+            config.scan_native = old
+    (got, ran, ran_small), (ref, _, _) = results[True], results[False]
+    assert ran == {"native": 0, "python": 0, "reused": 6}   # 3 calls, 2 loops each
+    assert ran_small["reused"] == 0 and ran_small["native"] == 2
+    for g_call, r_call in zip(got, ref):
+        for g, r in zip(g_call, r_call):
+            np.testing.assert_array_equal(g, r)
+    assert not np.array_equal(got[1][1], got[2][1])         # the new weights were used
+
+
+@pytest.mark.parametrize("make", _loops(), ids=lambda f: f.__name__)
+def test_later_calls_of_other_loops(make):
+    """Two more calls of each loop of test_loops_of_other_shapes with other input values:
+    the Python loop's results, every step native where the first call's later steps were."""
+    results = {}
+    for flag in (True, False):
+        old = config.scan_native
+        config.scan_native = flag
+        try:
+            f, args = make()
+            calls = [args, [a * 0.5 + 0.25 for a in args], [a[::-1].copy() for a in args]]
+            first = _call(f, calls[0], 1 if flag and make.__name__ not in
+                          ("one_row", "returns_its_input") else 0)
+            before = dict(native.stats)
+            rest = [[np.asarray(r) for r in f(*c)] for c in calls[1:]]
+            results[flag] = [first[0]] + rest, \
+                {k: native.stats[k] - before[k] for k in before}, first[1]
+        finally:
+            config.scan_native = old
+    (got, ran, first), (ref, _, _) = results[True], results[False]
+    for g_call, r_call in zip(got, ref):
+        for g, r in zip(g_call, r_call):
+            np.testing.assert_array_equal(g, r)
+    # every loop that went native in the first call reuses its program in the later ones
+    assert ran["reused"] == 2 * first["native"] and ran["native"] == 0, (first, ran)

@@ -256,7 +256,7 @@ class Scan(Op):
             with np.errstate(all="ignore"), in_step_loop():
                 if native.wanted(fn, n, info.as_while):
                     n_done = self._native_loop(fn, loop, n, args, bufs, lend, nits, lend_nit,
-                                               finals, lend_fin)
+                                               finals, lend_fin, list(seqs) + list(nonseqs))
                 else:
                     n_done = loop(n, fn.run, *args)
         except Exception as e:
@@ -286,17 +286,27 @@ class Scan(Op):
         if info.as_while:
             output_storage[-1][0] = np.asarray(n_done, dtype=np.int64)
 
-    def _native_loop(self, fn, loop, n, args, bufs, lend, nits, lend_nit, finals, lend_fin):
-        """The first steps in Python, the others natively by rows when they fit
-        (scan_module/native.py), else in Python too."""
+    def _native_loop(self, fn, loop, n, args, bufs, lend, nits, lend_nit, finals, lend_fin,
+                     outer):
+        """Every step natively on the program of an earlier call when it fits this one
+        (native.Template), else the first steps in Python and the others natively by rows
+        when they fit (scan_module/native.py), else in Python too."""
         from graphc.backend.llvm.kernel import num_threads
+        threads = num_threads()
+        template = getattr(fn, "_native_template", None)
+        if template is not None:
+            prog = template.program(n, threads, bufs, nits, finals, outer)
+            if prog is not None:
+                native.stats["reused"] += 1
+                prog.run(0, n, threads)
+                prog.finish(finals, 0, n)
+                return n
         rec = native.Recorder(fn)
         loop(native.RECORD, rec, *args)
-        threads = num_threads()
         try:
             prog = native.build(rec, list(zip(bufs, self.info.lags, lend)),
                                 list(zip(nits, lend_nit)), list(zip(finals, lend_fin)),
-                                threads)
+                                threads, outer, n)
         except Exception:       # an analysis that failed: the steps it would have sped up
             if config.debug:    # still run, in Python
                 raise
@@ -305,6 +315,7 @@ class Scan(Op):
             native.stats["python"] += 1
             return loop(n, fn.run, *args, t0=native.RECORD)
         native.stats["native"] += 1
+        fn._native_template = prog.template
         prog.run(native.RECORD, n, threads)
         prog.finish(finals, native.RECORD, n)
         return n
