@@ -189,8 +189,8 @@ def _xent_rows_step(node, ins, outs, reuse):
     through the row kernel of graphc/backend/llvm/softmax.py. The kernel counts the labels
     outside [-k, k) (computing their rows for class 0): the step then raises the op's error
     through its check, which also runs first when the sizes do not fit."""
-    from graphc.backend.llvm.kernel import PYOBJ
-    from graphc.backend.llvm.softmax import load_softmax_rows
+    from graphc.backend.llvm.kernel import PYOBJ, num_threads
+    from graphc.backend.llvm.softmax import RowSplit, load_softmax_rows
     op = node.op
     grad = isinstance(op, SoftmaxCrossentropyWithGrad)
     nlab = -2 if grad else -1
@@ -199,7 +199,9 @@ def _xent_rows_step(node, ins, outs, reuse):
     # other label dtypes are converted to int64, which could wrap a huge uint64 label into
     # range: those are checked before the kernel instead
     precheck = ldt not in ("int32", "int64")
-    fn = _SOFTMAX_PROTO(load_softmax_rows(op.has_bias, grad, 8 * ltype.itemsize, PYOBJ))
+    fn_addr = load_softmax_rows(op.has_bias, grad, 8 * ltype.itemsize, PYOBJ)
+    fn = _SOFTMAX_PROTO(fn_addr)
+    rows = RowSplit(fn_addr, lambda n, k, *args: _run_rows(fn, n, k, *args), num_threads())
     addr = id if PYOBJ else (lambda a: a.ctypes.data)       # (see codegen.DATA_OFFSET)
     f32 = np.dtype(np.float32)
     bufs = _Buffers(2, reuse)
@@ -226,9 +228,9 @@ def _xent_rows_step(node, ins, outs, reuse):
         # (the arrays stay referenced here while the kernel reads them)
         b = None if b is None else np.ascontiguousarray(b, f32)
         d = None if d is None else np.ascontiguousarray(d, f32)
-        bad = _run_rows(fn, n, k, addr(xc), xc.strides[0] // 4, None if b is None else addr(b),
-                        addr(out), k, addr(y), addr(nll), None if d is None else addr(d),
-                        int(d is not None and d.shape[0] != 1))     # dnll of length 1: broadcast
+        bad = rows(n, k, addr(xc), xc.strides[0] // 4, None if b is None else addr(b),
+                   addr(out), k, addr(y), addr(nll), None if d is None else addr(d),
+                   int(d is not None and d.shape[0] != 1))     # dnll of length 1: broadcast
         if bad:
             op.check(node, vals)        # raises: labels out of range
         outs[0][0], outs[1][0] = nll, out

@@ -488,3 +488,51 @@ def test_large_plans_keep_the_ctypes_call(rng, monkeypatch):
     plans = gl.compile_kernel(op.to_kernel_spec())._plans
     sizes = {key[0][2][0]: plan.native is not None for key, plan in plans.items()}
     assert sizes.get(10) is True and sizes.get(100) is False
+
+
+# --------------------------------------------------------------------------- shape arithmetic
+def _memo_steps(f):
+    from graphc.link.llvm import _ShapeMemo
+    steps = [getattr(step, "step", step) for step, _, _ in f._run.steps]    # (_Freeing)
+    return [step for step in steps if isinstance(step, _ShapeMemo)]
+
+
+def test_shape_arithmetic_runs_as_one_step_until_the_shapes_change(rng):
+    """A mean's 1 / n (Shape, Subtensor, a cast, a reciprocal): one step, which recomputes
+    only when the input's shape changed; the results follow the shapes."""
+    x = T.matrix("x")
+    y = T.ivector("y")
+    loss = T.nnet.categorical_crossentropy(T.nnet.softmax(x), y).mean()
+    f = graphc.function([x, y], [loss, graphc.grad(loss, x)], mode=NATIVE)
+    ref = graphc.function([x, y], [loss, graphc.grad(loss, x)], mode=REFERENCE)
+    (memo,) = _memo_steps(f)
+    assert len(memo.runs) >= 2
+    calls = []
+    for step, node, ins in memo.runs:       # count the group's runs
+        memo.runs[memo.runs.index((step, node, ins))] = (
+            lambda s=step: (calls.append(1), s())[1], node, ins)
+    for n in (5, 5, 7, 7, 5):
+        xv = rng.standard_normal((n, 4))
+        yv = rng.integers(0, 4, n).astype("int32")
+        for g, w in zip(f(xv, yv), ref(xv, yv)):
+            assert_same(g, w, f"n={n}")
+    assert len(calls) == 3 * len(memo.runs)         # shapes 5, 7, 5: three changes
+
+
+def test_shape_arithmetic_that_leaves_the_function_is_not_grouped():
+    x = T.matrix("x")
+    f = graphc.function([x], [x.shape[0] * 2, x.sum() / x.shape[1]], mode=NATIVE)
+    assert _memo_steps(f) == []
+    first = f(np.ones((3, 2)))
+    first[0][...] = 7                       # the caller's array: the next call's is fresh
+    np.testing.assert_array_equal(f(np.ones((3, 2))), [6, 3.0])
+
+
+def test_profile_times_each_shape_node(rng):
+    x = T.matrix("x")
+    y = T.ivector("y")
+    loss = T.nnet.categorical_crossentropy(T.nnet.softmax(x), y).mean()
+    f = graphc.function([x, y], loss, mode=NATIVE, profile=True)
+    f(rng.standard_normal((3, 4)), np.array([0, 1, 2], "int32"))
+    assert _memo_steps(f) == []
+    assert set(f.profile.by_node) == set(f.maker.fgraph.toposort())

@@ -200,6 +200,41 @@ def test_xent_row_blocks_on_threads(monkeypatch):
         kernel.set_num_threads(None)
 
 
+def test_xent_rows_split_on_the_spin_pool():
+    """The row kernel over row slices on the spin pool (softmax.RowSplit): the one-thread
+    results bit for bit, and a bad label in any slice still raises."""
+    from graphc.backend.llvm import kernel, softmax, spinpool
+    if not spinpool.usable(1):
+        pytest.skip("no spin pool on this platform")
+    spinpool._functions()
+    spinpool.kernel_slice()
+    softmax._rows_slice()                       # loaded now, not in the background
+    kernel.set_num_threads(2)
+    try:
+        x, y, d = T.matrix("x", dtype="float32"), T.ivector("y"), T.vector("d", dtype="float32")
+        outs = list(SoftmaxCrossentropyWithGrad()(x, y, d))
+        f = graphc.function([x, y, d], outs, mode=NATIVE)
+        (rows,) = [c.cell_contents for step, _, _ in f._run.steps
+                   for c in (getattr(getattr(step, "step", step), "__closure__", None) or ())
+                   if isinstance(c.cell_contents, softmax.RowSplit)]
+        vals = [(3 * rng.standard_normal((37, 50))).astype(np.float32),
+                rng.integers(0, 50, 37).astype(np.int32), rng.standard_normal(37).astype(np.float32)]
+        got = {}
+        for split in (False, True):
+            rows.ways.force(split)
+            got[split] = [np.array(o, copy=True) for o in f(*vals)]
+        assert rows.ways.seen[1] >= 1               # the split way ran
+        for a, b in zip(got[True], got[False]):
+            np.testing.assert_array_equal(a, b)
+        for bad_row in (0, 20, 36):                 # first, a middle and the last slice
+            v = [a.copy() for a in vals]
+            v[1][bad_row] = 50
+            with pytest.raises(ShapeError, match="out of range"):
+                f(*v)
+    finally:
+        kernel.set_num_threads(None)
+
+
 def test_xent_keeps_results_across_calls_and_errors():
     z = T.matrix("z", dtype="float32")
     y = T.ivector("y")

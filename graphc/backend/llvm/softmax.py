@@ -25,6 +25,9 @@ reference's e / sum (times d) by at most one rounding (two).
 """
 from __future__ import annotations
 
+from time import perf_counter
+
+import numpy as np
 from llvmlite import ir
 
 from . import jit
@@ -206,3 +209,86 @@ def load_softmax_rows(bias: bool, grad: bool, label_bits: int = 64, pyobj: bool 
                         jit.source_hash("softmax.py"))
     return jit.load_function(key, lambda: softmax_rows_ir(bias, grad, label_bits, pyobj),
                              title=f"softmax_rows bias={bias} grad={grad}")
+
+
+# ----------------------------------------------------------------- rows on the spin pool
+
+_ROW_ARGS = 9               # softmax_rows' arguments after (lo, hi, k)
+_RES = 4 + _ROW_ARGS        # index of slice 0's result in a region's data
+_slice_fn: list = []
+
+
+def _rows_slice_ir() -> str:
+    """rows_slice(d, s), the spin pool's region function: d = int64 [softmax_rows, n,
+    slices, k, its 9 other arguments, then one result word per slice]; slice s runs rows
+    [s * n // slices, (s + 1) * n // slices) and stores what softmax_rows returned (its
+    count of labels out of range) in its result word."""
+    lines = ["define void @ENTRY_NAME(ptr %d, i64 %s) {", "entry:"]
+    names = ["fi", "n", "slices", "k"] + [f"a{i}" for i in range(_ROW_ARGS)]
+    for i, name in enumerate(names):
+        lines += [f"  %p{name} = getelementptr inbounds i64, ptr %d, i64 {i}",
+                  f"  %{name} = load i64, ptr %p{name}, align 8"]
+    args = ", ".join(f"i64 %a{i}" for i in range(_ROW_ARGS))
+    lines += ["  %fn = inttoptr i64 %fi to ptr", "  %x0 = mul i64 %s, %n",
+              "  %lo = sdiv i64 %x0, %slices", "  %s1 = add i64 %s, 1", "  %x1 = mul i64 %s1, %n",
+              "  %hi = sdiv i64 %x1, %slices",
+              f"  %bad = call i64 %fn(i64 %lo, i64 %hi, i64 %k, {args})",
+              f"  %ri = add i64 %s, {_RES}",
+              "  %rp = getelementptr inbounds i64, ptr %d, i64 %ri",
+              "  store i64 %bad, ptr %rp, align 8", "  ret void", "}"]
+    return "\n".join(lines)
+
+
+def _rows_slice_key() -> str:
+    return jit.cache_key("rowsoftmax-slice", "O1", _rows_slice_ir())
+
+
+def _rows_slice() -> int:
+    if not _slice_fn:
+        text = _rows_slice_ir()
+        _slice_fn.append(jit.load_function(
+            _rows_slice_key(), lambda: text.replace("ENTRY_NAME", jit.PLACEHOLDER),
+            title="softmax rows slice", optimize=1))
+    return _slice_fn[0]
+
+
+class RowSplit:
+    """softmax_rows over all rows, on one thread or split by rows over the spin pool,
+    whichever has recently been faster (spinpool.TwoWays). A (256, 1000) float32 matrix
+    (~130-170 us on one thread on the development machine) is too small for Python's thread
+    pool, whose wake-up and join cost about what a split saves; the spin pool's cost a few
+    microseconds. Not re-entrant (as a compiled function is not)."""
+
+    MIN_ROWS_PER_SLICE = 8
+
+    def __init__(self, fn_addr: int, one, threads: int):
+        from .spinpool import TwoWays, prefetch
+        # one(n, k, *args): all rows without the pool (the caller's way for large matrices)
+        self.fn, self.one, self.threads = fn_addr, one, threads
+        self.ways = TwoWays()
+        self.slices = 2 * threads           # a late worker leaves whole slices to the others
+        self.data = np.zeros(_RES + self.slices, np.int64)
+        self.addr = self.data.ctypes.data
+        prefetch("softmax-rows", _rows_slice, keys=(_rows_slice_key(),))
+
+    def __call__(self, n, k, *args) -> int:
+        """The sum of softmax_rows' results over rows [0, n); ``args``: its arguments after
+        (lo, hi, k), None for a null pointer."""
+        from .spinpool import get_pool, ready, usable
+        slices = min(self.slices, n // self.MIN_ROWS_PER_SLICE)
+        if slices < 2 or not usable(1) or not ready() or not _slice_fn:
+            return self.one(n, k, *args)
+        split = self.ways.split()
+        start = perf_counter()
+        ran = False
+        if split:
+            d = self.data
+            d[:_RES] = (self.fn, n, slices, k, *[0 if a is None else a for a in args])
+            pool = get_pool(self.threads)
+            ran = pool is not None and pool.run(_slice_fn[0], self.addr, slices)
+            if ran:
+                bad = int(d[_RES:_RES + slices].sum())
+        if not ran:
+            bad = self.one(n, k, *args)
+        self.ways.record(ran, perf_counter() - start)
+        return bad
