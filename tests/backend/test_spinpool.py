@@ -191,10 +191,13 @@ def test_two_ways_warm_up_then_faster_way():
     assert w.cost == [2.0, 1.0]
     runs = [w.split() for _ in range(TwoWays.EXPLORE * 2 - 1)]
     assert runs.count(True) >= len(runs) - 1 and runs.count(False) <= 1
-    # a way that becomes slower is left after its average passes the other's
+    # a way that becomes slower is left after its average passes the other's (and tried
+    # again 2, 4, 8 and 16 calls later, in case the change was noise)
     for _ in range(20):
         w.record(True, 5.0)
-    assert sum(w.split() for _ in range(10)) <= 1
+    runs = [w.split() for _ in range(20)]
+    tried = [i + 1 for i, way in enumerate(runs) if way]
+    assert set(TwoWays.RECHECK) <= set(tried) and len(tried) <= len(TwoWays.RECHECK) + 1
 
 
 def test_two_ways_outlier_does_not_flip():
@@ -224,4 +227,23 @@ def test_two_ways_one_exploration_undoes_a_flip_caused_by_noise():
     for _ in range(3):
         w.record(False, 2.0)
     w.record(True, 1.0)                     # an exploration, noise over
+    assert w.cost[1] < w.cost[0]
+
+
+def test_two_ways_rechecks_soon_after_a_change():
+    """After noise made the slower way run, the faster one is tried again within two calls
+    (not after the usual EXPLORE * ratio calls) and, the noise over, runs again."""
+    from graphc.backend.llvm.spinpool import TwoWays
+    w = TwoWays()
+    w.force(True)
+    w.cost = [2.0, 1.0]
+    assert w.split() is True
+    for _ in range(4):
+        w.record(True, 2.0 * w.cost[1])     # noise tips the split's average over
+    ways = []
+    for _ in range(3):
+        way = w.split()
+        ways.append(way)
+        w.record(way, 2.0 if not way else 1.0)
+    assert ways == [False, True, True]      # the split is tried on the second call, and stays
     assert w.cost[1] < w.cost[0]

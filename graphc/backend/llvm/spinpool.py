@@ -372,8 +372,13 @@ class TwoWays:
     one-time slow sample would otherwise keep the other way for up to 8 * EXPLORE calls,
     longer than a whole benchmark of a large product (~13 calls)."""
 
-    __slots__ = ("cost", "calls", "seen")
+    __slots__ = ("cost", "calls", "seen", "way", "since")
     EXPLORE = 32
+    # calls after a change of the faster way at which the other is tried again: a change is
+    # most often a stretch of noise (a few slow samples of the faster way) and then the
+    # usual period left the slower way running for ~60 calls, the whole of a benchmark of
+    # the LSTM step (its products: 36 -> 49 ms per call for the last 7 of 10 reps, measured)
+    RECHECK = (2, 4, 8, 16)
     SMOOTH = 0.3            # weight of the newest time in the average
     SMOOTH_EXPLORED = 0.7   # the same for a sample of the way not in use
     WARM = 2                # samples of each way before the averages decide
@@ -382,6 +387,8 @@ class TwoWays:
         self.cost = [0.0, 0.0]          # seconds per call: one thread, split
         self.calls = 0
         self.seen = [0, 0]              # samples of each way so far
+        self.way = None                 # the faster way at the last call
+        self.since = 0                  # calls since it last changed
 
     def split(self) -> bool:
         self.calls += 1
@@ -391,6 +398,11 @@ class TwoWays:
             return seen[1] <= seen[0]
         cost = self.cost
         faster = cost[1] < cost[0]
+        if faster != self.way:          # (the first choice after the warm-up is no change)
+            self.way, self.since = faster, 0 if self.way is not None else max(self.RECHECK)
+        self.since += 1
+        if self.since in self.RECHECK:
+            return not faster
         # the other way is tried less often the slower it was (at most 8x less often): a
         # scan step's product explores ~2 times per LSTM call of 100 products, not ~6
         every = int(self.EXPLORE * min(8.0, max(cost) / min(cost)))
@@ -421,6 +433,7 @@ class TwoWays:
         self.cost = [2.0, 1.0] if split else [1.0, 2.0]
         self.seen = [self.WARM, self.WARM]
         self.calls = 1
+        self.way, self.since = split, max(self.RECHECK)
 
 
 MAX_OPERANDS = 16          # as pycall.MAX_OPERANDS: more run on one thread
