@@ -22,7 +22,8 @@ def _call(f, args, want_native):
         before = dict(native.stats)
         res = f(*args)
         ran = {k: native.stats[k] - before[k] for k in before}
-        if ran["native"] >= want_native or time.monotonic() > deadline:
+        # (a loop that ran on an earlier call's program counts: native.Template)
+        if ran["native"] + ran["reused"] >= want_native or time.monotonic() > deadline:
             return [np.asarray(r) for r in (res if isinstance(res, list) else [res])], ran
         time.sleep(0.05)
 
@@ -71,8 +72,9 @@ def _lstm(batch, hidden, steps, n_in=8, seed=0):
 @pytest.mark.parametrize("batch", [8, 12, 32])
 def test_lstm_forward_and_gradient_loops_run_natively(batch, steps):
     got, ref, ran = _run_both(_lstm(batch, 16, steps), want_native=2)
-    # the forward loop and its gradient's
-    assert ran == {"native": 2, "python": 0, "reused": 0}
+    # the forward loop and its gradient's (on a cold compile cache a loop may have become
+    # native in an earlier call, and run on that call's program: native.Template)
+    assert ran["python"] == 0 and ran["native"] + ran["reused"] == 2, ran
     for g, r in zip(got, ref):
         # the same kernels in the same order of operations: the same numbers
         np.testing.assert_array_equal(g, r)
@@ -123,13 +125,13 @@ def test_elementwise_loop(n):
     if n < native.MIN_STEPS:
         assert ran == {"native": 0, "python": 0, "reused": 0}
     else:
-        assert ran["native"] >= 1
+        assert ran["native"] + ran["reused"] >= 1
 
 
 def test_a_step_that_mixes_rows_runs_in_python():
     build, xv = _elementwise_rnn(12, shrink=True)
     got, ref, ran = _run_both(build, xv, want_native=0)
-    assert ran["native"] == 0
+    assert ran["native"] + ran["reused"] == 0
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r, rtol=1e-6)
 
@@ -242,7 +244,7 @@ def test_loops_of_other_shapes(make):
     for g, r in zip(got, ref):
         np.testing.assert_array_equal(g, r)
     if must:
-        assert ran["native"] >= 1, ran
+        assert ran["native"] + ran["reused"] >= 1, ran
 
 
 def test_later_calls_run_every_step_natively_on_their_own_arrays():
@@ -292,7 +294,9 @@ def test_later_calls_run_every_step_natively_on_their_own_arrays():
             config.scan_native = old
     (got, ran, ran_small), (ref, _, _) = results[True], results[False]
     assert ran == {"native": 0, "python": 0, "reused": 6}   # 3 calls, 2 loops each
-    assert ran_small["reused"] == 0 and ran_small["native"] == 2
+    # another batch size: analysed anew (native, or Python while a kernel of its shapes
+    # compiles on a cold cache), never the other size's program
+    assert ran_small["reused"] == 0 and ran_small["native"] + ran_small["python"] == 2
     for g_call, r_call in zip(got, ref):
         for g, r in zip(g_call, r_call):
             np.testing.assert_array_equal(g, r)
@@ -323,4 +327,5 @@ def test_later_calls_of_other_loops(make):
         for g, r in zip(g_call, r_call):
             np.testing.assert_array_equal(g, r)
     # every loop that went native in the first call reuses its program in the later ones
-    assert ran["reused"] == 2 * first["native"] and ran["native"] == 0, (first, ran)
+    went = first["native"] + first["reused"]
+    assert ran["reused"] == 2 * went and ran["native"] == 0, (first, ran)
