@@ -52,8 +52,13 @@ def _lstm(batch, hidden, steps, n_in=8, seed=0):
     Wx = theano.shared((rng.standard_normal((n_in, 4 * hidden)) / 3).astype("float32"))
     Wh = theano.shared((rng.standard_normal((hidden, 4 * hidden)) / 4).astype("float32"))
     b = theano.shared(rng.uniform(-0.1, 0.1, 4 * hidden).astype("float32"))
-    H = hidden
+    loss, hs = _lstm_loss(x, batch, hidden, Wx, Wh, b)
+    params = [Wx, Wh, b]
+    return lambda: theano.function([], [loss, hs] + theano.grad(loss, params))
 
+
+def _lstm_loss(x, batch, H, Wx, Wh, b):
+    """(loss, hidden states) of an LSTM over the sequence x, from zero states."""
     def cell(x_t, h, c, Wx, Wh, b):
         z = T.dot(x_t, Wx) + T.dot(h, Wh) + b
         i, f = nnet.sigmoid(z[:, :H]), nnet.sigmoid(z[:, H:2 * H])
@@ -63,9 +68,7 @@ def _lstm(batch, hidden, steps, n_in=8, seed=0):
     h0 = T.zeros((batch, H), dtype="float32")
     (hs, cs), _ = theano.scan(cell, sequences=x, outputs_info=[h0, h0],
                               non_sequences=[Wx, Wh, b])
-    loss = (hs[-1] * hs[-1]).sum() + cs.mean()
-    params = [Wx, Wh, b]
-    return lambda: theano.function([], [loss, hs] + theano.grad(loss, params))
+    return (hs[-1] * hs[-1]).sum() + cs.mean(), hs
 
 
 @pytest.mark.parametrize("steps", [9, 12, 13])
@@ -227,7 +230,8 @@ def _loops():
 
 @pytest.mark.parametrize("make", _loops(), ids=lambda f: f.__name__)
 def test_loops_of_other_shapes(make):
-    """Each loop gives the Python loop's results, natively where it fits."""
+    """Each loop gives the Python loop's results, natively where it fits; two more calls
+    with other input values run every step on the first call's program (native.Template)."""
     # (a state of one row: its step ends in a SpecifyShape, not a row-mapping node; an inner
     # output that is an inner input has no node to write it: both stay in Python)
     must = make.__name__ not in ("one_row", "returns_its_input")
@@ -237,14 +241,23 @@ def test_loops_of_other_shapes(make):
         config.scan_native = flag
         try:
             f, args = make()
-            results[flag] = _call(f, args, 1 if flag and must else 0)
+            calls = [args, [a * 0.5 + 0.25 for a in args], [a[::-1].copy() for a in args]]
+            first = _call(f, calls[0], 1 if flag and must else 0)
+            before = dict(native.stats)
+            rest = [[np.asarray(r) for r in f(*c)] for c in calls[1:]]
+            results[flag] = [first[0]] + rest, \
+                {k: native.stats[k] - before[k] for k in before}, first[1]
         finally:
             config.scan_native = old
-    (got, ran), (ref, _) = results[True], results[False]
-    for g, r in zip(got, ref):
-        np.testing.assert_array_equal(g, r)
+    (got, ran, first), (ref, _, _) = results[True], results[False]
+    for g_call, r_call in zip(got, ref):
+        for g, r in zip(g_call, r_call):
+            np.testing.assert_array_equal(g, r)
+    went = first["native"] + first["reused"]
     if must:
-        assert ran["native"] + ran["reused"] >= 1, ran
+        assert went >= 1, first
+    # every loop that went native in the first call reuses its program in the later ones
+    assert ran["reused"] == 2 * went and ran["native"] == 0, (first, ran)
 
 
 def test_later_calls_run_every_step_natively_on_their_own_arrays():
@@ -262,17 +275,7 @@ def test_later_calls_run_every_step_natively_on_their_own_arrays():
             Wh = theano.shared((rng.standard_normal((H, 4 * H)) / 4).astype("float32"))
             Wx = theano.shared((rng.standard_normal((n_in, 4 * H)) / 3).astype("float32"))
             b = theano.shared(np.zeros(4 * H, "float32"))
-
-            def cell(x_t, h, c, Wx, Wh, b):
-                z = T.dot(x_t, Wx) + T.dot(h, Wh) + b
-                i, f = nnet.sigmoid(z[:, :H]), nnet.sigmoid(z[:, H:2 * H])
-                g, o = T.tanh(z[:, 2 * H:3 * H]), nnet.sigmoid(z[:, 3 * H:])
-                c = f * c + i * g
-                return o * T.tanh(c), c
-            h0 = T.zeros((x.shape[1], H), dtype="float32")
-            (hs, cs), _ = theano.scan(cell, sequences=x, outputs_info=[h0, h0],
-                                      non_sequences=[Wx, Wh, b])
-            loss = (hs[-1] * hs[-1]).sum() + cs.mean()
+            loss, hs = _lstm_loss(x, x.shape[1], H, Wx, Wh, b)     # any batch size
             f = theano.function([x], [loss, hs] + theano.grad(loss, [Wx, Wh, b]))
             data = np.random.default_rng(9)
             xs = [data.standard_normal((steps, batch, n_in)).astype("float32")
@@ -301,31 +304,3 @@ def test_later_calls_run_every_step_natively_on_their_own_arrays():
         for g, r in zip(g_call, r_call):
             np.testing.assert_array_equal(g, r)
     assert not np.array_equal(got[1][1], got[2][1])         # the new weights were used
-
-
-@pytest.mark.parametrize("make", _loops(), ids=lambda f: f.__name__)
-def test_later_calls_of_other_loops(make):
-    """Two more calls of each loop of test_loops_of_other_shapes with other input values:
-    the Python loop's results, every step native where the first call's later steps were."""
-    results = {}
-    for flag in (True, False):
-        old = config.scan_native
-        config.scan_native = flag
-        try:
-            f, args = make()
-            calls = [args, [a * 0.5 + 0.25 for a in args], [a[::-1].copy() for a in args]]
-            first = _call(f, calls[0], 1 if flag and make.__name__ not in
-                          ("one_row", "returns_its_input") else 0)
-            before = dict(native.stats)
-            rest = [[np.asarray(r) for r in f(*c)] for c in calls[1:]]
-            results[flag] = [first[0]] + rest, \
-                {k: native.stats[k] - before[k] for k in before}, first[1]
-        finally:
-            config.scan_native = old
-    (got, ran, first), (ref, _, _) = results[True], results[False]
-    for g_call, r_call in zip(got, ref):
-        for g, r in zip(g_call, r_call):
-            np.testing.assert_array_equal(g, r)
-    # every loop that went native in the first call reuses its program in the later ones
-    went = first["native"] + first["reused"]
-    assert ran["reused"] == 2 * went and ran["native"] == 0, (first, ran)
