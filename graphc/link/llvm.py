@@ -487,7 +487,7 @@ def _shape_group(fgraph, order, steps, storage):
     from graphc.tensor.basic import MakeVector, Shape
     from graphc.tensor.elemwise import DimShuffle, Elemwise
     inputs = set(fgraph.inputs)
-    made = []                   # variables the group computes
+    made = {}                   # variables the group computes (a dict: in order)
     group = []
     for node in order:
         op = node.op
@@ -499,19 +499,22 @@ def _shape_group(fgraph, order, steps, storage):
         if ok and not getattr(op, "destroy_map", None) and \
                 all(o.ndim <= 1 for o in node.outputs):
             group.append(node)
-            made.extend(node.outputs)
-    made_set = set(made)
-    if len(group) < 2 or any(o in made_set for o in fgraph.outputs):
+            made.update(dict.fromkeys(node.outputs))
+    if len(group) < 2 or any(o in made for o in fgraph.outputs):
         return steps
     members = set(group)
     for node in order:
         if node not in members:
             for outs in (getattr(node.op, "destroy_map", None) or {}).values():
-                if any(node.inputs[i] in made_set for i in outs):
+                if any(node.inputs[i] in made for i in outs):
                     return steps
-    by_node = {node: (step, node, ins) for step, node, ins in steps}
-    if any(node not in by_node for node in group):
-        return steps
+    # one step per member (a fused node that lends a Join its output has two)
+    by_node = {}
+    for item in steps:
+        if item[1] in members:
+            if item[1] in by_node:
+                return steps
+            by_node[item[1]] = item
     roots = {node.inputs[0] for node in group if isinstance(node.op, Shape)}
     memo = _ShapeMemo([by_node[node] for node in group],
                       [storage[v] for v in fgraph.inputs if v in roots],

@@ -331,8 +331,9 @@ def build(rec: Recorder, states, nits, finals, threads, given=None, n=None):
     # a final-value state that the step does not write in place (its node could not take
     # the holder's spare buffer; the loop copies its array in, e.g. a new one per step):
     # when nothing else in the step reads that array, the node writes the spare buffer
-    # itself (``redirect``)
-    redirect, redirected = {}, {}
+    # itself (``redirect``: its series, and the holders at steps 1, 2, 3, where a Template
+    # finds that these addresses lie)
+    redirect = {}
     fgraph = rec.fgraph
     for i, (f, lent) in enumerate(finals):
         spare = (data_pointer(f.cur), data_pointer(f.other))
@@ -350,12 +351,10 @@ def build(rec: Recorder, states, nits, finals, threads, given=None, n=None):
             return None
         # step t reads the value of step t - 1 and writes the other buffer: step RECORD
         # writes the holder's ``other``, the next one its ``cur``, and so on
-        even, odd = (spare[1], spare[0]) if RECORD % 2 == 0 else spare
-        key = (rec.nodes.index(var.owner), var.owner.outputs.index(var))
-        redirect[key] = (even, 0, odd - even)
-        # (the holders at steps 1, 2, 3: where a Template finds that these addresses lie)
-        even_a, odd_a = (f.other, f.cur) if RECORD % 2 == 0 else (f.cur, f.other)
-        redirected[key] = [odd_a, even_a, odd_a]
+        even, odd = (f.other, f.cur) if RECORD % 2 == 0 else (f.cur, f.other)
+        a, c = data_pointer(even), data_pointer(odd) - data_pointer(even)
+        redirect[(rec.nodes.index(var.owner), var.owner.outputs.index(var))] = \
+            ((a, 0, c), [odd, even, odd])
     for j, (p, lent) in enumerate(nits):
         if not lent or p.buf is None:
             return None
@@ -393,10 +392,10 @@ def build(rec: Recorder, states, nits, finals, threads, given=None, n=None):
     def series_of(arrays, offset=0, key=None):
         """(a, b, c, (the arrays of steps 1-3, written)): an argument that points into
         ``arrays`` (the 4th item is what a Template relocates it by)."""
-        s = redirect.get(key) or _series([data_pointer(a) for a in arrays])
+        s, arrays = redirect.get(key) or (_series([data_pointer(a) for a in arrays]), arrays)
         if s is None:
             raise _NoFit
-        return (s[0] + offset, s[1], s[2], (redirected.get(key, arrays), key is not None))
+        return (s[0] + offset, s[1], s[2], (arrays, key is not None))
 
     try:
         for idx, node in enumerate(rec.nodes):
@@ -555,9 +554,8 @@ class Template:
         if roots is None or any(p.buf is None for p in nits):
             return None
         signature = cls._signature(roots)
+        given = range(len(roots) - len(outer), len(roots))     # sequences, non-sequences
         roots += [p.buf for p in nits]
-        n_outer = len(outer)
-        first_outer = len(roots) - len(nits) - n_outer
         bounds = [_bounds(r) for r in roots]
         kept = []
         fix = []
@@ -575,8 +573,7 @@ class Template:
                 odd, even = which[0], which[1]
                 if which[2] != odd:
                     return None
-                if written and any(first_outer <= r < first_outer + n_outer
-                                   for r in (odd, even)):
+                if written and (odd in given or even in given):
                     return None
                 if odd == len(roots) or even == len(roots):
                     if odd != even:
